@@ -1,0 +1,81 @@
+package gateway
+
+import (
+	"time"
+
+	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// observeDNS counts DNS replies by question type and rcode.
+func (g *Gateway) observeDNS() func(uint16, int) {
+	queries := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "devgate_dns_queries_total", Help: "DNS replies sent, by question type and rcode.",
+	}, []string{"type", "rcode"})
+	g.reg.MustRegister(queries)
+	return func(qtype uint16, rcode int) {
+		t, ok := mdns.TypeToString[qtype]
+		if !ok {
+			t = "other"
+		}
+		r, ok := mdns.RcodeToString[rcode]
+		if !ok {
+			r = "other"
+		}
+		queries.WithLabelValues(t, r).Inc()
+	}
+}
+
+// registerDataPlaneMetrics exports the netstack's counters and the peers'
+// WireGuard state, read at scrape time so the packet path pays nothing.
+func (g *Gateway) registerDataPlaneMetrics() {
+	g.reg.MustRegister(dataPlaneCollector{g})
+}
+
+var (
+	refusedDesc   = prometheus.NewDesc("devgate_netstack_refused_total", "Packets or flows the netstack refused or dropped, by reason.", []string{"reason"}, nil)
+	acceptedDesc  = prometheus.NewDesc("devgate_netstack_tcp_accepted_total", "TCP connections handed to services.", nil, nil)
+	handshakeDesc = prometheus.NewDesc("devgate_peer_handshake_age_seconds", "Seconds since each peer's last WireGuard handshake (absent: never).", []string{"org", "peer"}, nil)
+	rxDesc        = prometheus.NewDesc("devgate_peer_rx_bytes_total", "Bytes received from each peer.", []string{"org", "peer"}, nil)
+	txDesc        = prometheus.NewDesc("devgate_peer_tx_bytes_total", "Bytes sent to each peer.", []string{"org", "peer"}, nil)
+)
+
+type dataPlaneCollector struct{ g *Gateway }
+
+func (c dataPlaneCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{refusedDesc, acceptedDesc, handshakeDesc, rxDesc, txDesc} {
+		ch <- d
+	}
+}
+
+func (c dataPlaneCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.g.stack.Stats()
+	for reason, v := range map[string]uint64{
+		"not_ipv6": s.DroppedNotIPv6, "malformed": s.DroppedMalformed, "cross_network": s.DroppedCrossNetwork,
+		"echo_no_address": s.DroppedEchoNoAddress, "icmp_other": s.DroppedICMPOther,
+		"tcp_no_route": s.RefusedNoRoute, "tcp_syn_limit": s.RefusedSYNLimit,
+	} {
+		ch <- prometheus.MustNewConstMetric(refusedDesc, prometheus.CounterValue, float64(v), reason)
+	}
+	ch <- prometheus.MustNewConstMetric(acceptedDesc, prometheus.CounterValue, float64(s.TCPAccepted))
+	stats, err := c.g.tun.Stats()
+	if err != nil {
+		return
+	}
+	byKey := make(map[string][2]string, len(stats))
+	for _, p := range c.g.snap.Load().Peers {
+		byKey[p.PublicKey] = [2]string{p.Org, p.Name}
+	}
+	now := time.Now()
+	for _, st := range stats {
+		who, ok := byKey[st.PublicKey.String()]
+		if !ok {
+			continue
+		}
+		if !st.LastHandshake.IsZero() {
+			ch <- prometheus.MustNewConstMetric(handshakeDesc, prometheus.GaugeValue, now.Sub(st.LastHandshake).Seconds(), who[0], who[1])
+		}
+		ch <- prometheus.MustNewConstMetric(rxDesc, prometheus.CounterValue, float64(st.RxBytes), who[0], who[1])
+		ch <- prometheus.MustNewConstMetric(txDesc, prometheus.CounterValue, float64(st.TxBytes), who[0], who[1])
+	}
+}
