@@ -108,7 +108,7 @@ type Gateway struct {
 // Start brings a gateway up and returns once it serves: peers, names and
 // apps from the store are live. On error everything already started is
 // stopped again.
-func Start(ctx context.Context, cfg Config) (g *Gateway, err error) {
+func Start(ctx context.Context, cfg Config) (_ *Gateway, err error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
@@ -121,7 +121,7 @@ func Start(ctx context.Context, cfg Config) (g *Gateway, err error) {
 	if cfg.UAPIPath == "" {
 		cfg.UAPIPath = filepath.Join(cfg.DataDir, "devgate0.sock")
 	}
-	g = &Gateway{cfg: cfg, logf: cfg.Logf, ready: make(chan struct{}), errc: make(chan error, 1), changed: make(chan struct{})}
+	g := &Gateway{cfg: cfg, logf: cfg.Logf, ready: make(chan struct{}), errc: make(chan error, 1), changed: make(chan struct{})}
 	g.snap.Store(store.Empty())
 	defer func() {
 		if err != nil {

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sort"
 	"time"
 )
 
@@ -35,6 +36,9 @@ const (
 type page struct {
 	Machine, ServerName, ServerAddress, MachineID, App, Region string
 	URI, ClientAddress, Date                                   string
+	// Headers are the request's headers, sorted, so that a user can see
+	// what the proxy added (Fly-Request-Id, X-Forwarded-For, Via, ...).
+	Headers []string
 }
 
 var pageTmpl = template.Must(template.New("hello").Parse(`<!DOCTYPE html>
@@ -52,6 +56,9 @@ var pageTmpl = template.Must(template.New("hello").Parse(`<!DOCTYPE html>
 <tr><th>Client address</th><td>{{.ClientAddress}}</td></tr>
 <tr><th>Date</th><td>{{.Date}}</td></tr>
 </table>
+<h2>Request headers</h2>
+<pre>{{range .Headers}}{{.}}
+{{end}}</pre>
 </body>
 </html>
 `))
@@ -89,6 +96,12 @@ func Handler() http.Handler {
 		p.URI = r.RequestURI
 		p.ClientAddress = r.RemoteAddr
 		p.Date = time.Now().UTC().Format(time.RFC1123)
+		for k, vs := range r.Header {
+			for _, v := range vs {
+				p.Headers = append(p.Headers, k+": "+v)
+			}
+		}
+		sort.Strings(p.Headers)
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store") // every answer may come from another machine
 		// The template cannot fail on these fields, so an error here is a
