@@ -1,0 +1,235 @@
+package netstack
+
+import (
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"golang.zx2c4.com/wireguard/tun"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// outboundQueueLen bounds the packets the stack has sent that wireguard-go
+// has not read yet. When it is full the stack's writer waits for the reader
+// (backpressure, as a real NIC's ring would push back) rather than dropping,
+// so a burst never turns into retransmissions. 1024 packets of 1420 bytes is
+// about 1.4 MiB per gateway.
+const outboundQueueLen = 1024
+
+// batchSize is how many packets wireguard-go moves per Read or Write call.
+const batchSize = 128
+
+// link is both halves of the NIC: gVisor's stack.LinkEndpoint on one side and
+// wireguard-go's tun.Device on the other.
+type link struct {
+	mtu    uint32
+	out    chan *stack.PacketBuffer // outbound packets, each holding one reference
+	done   chan struct{}            // closed by close
+	events chan tun.Event
+
+	closeOnce sync.Once
+
+	mu         sync.RWMutex
+	dispatcher stack.NetworkDispatcher
+
+	// inspect decides whether an inbound packet may enter the stack.
+	inspect func(pkt []byte) bool
+
+	rxPackets, txPackets atomic.Uint64
+}
+
+// tunDevice is the tun.Device view of a link. It is a separate type because
+// tun.Device and stack.LinkEndpoint both have MTU and Close methods, with
+// different signatures.
+type tunDevice struct{ l *link }
+
+var (
+	_ stack.LinkEndpoint = (*link)(nil)
+	_ tun.Device         = tunDevice{}
+)
+
+func newLink(mtu uint32, inspect func([]byte) bool) *link {
+	l := &link{
+		mtu:     mtu,
+		out:     make(chan *stack.PacketBuffer, outboundQueueLen),
+		done:    make(chan struct{}),
+		events:  make(chan tun.Event, 1),
+		inspect: inspect,
+	}
+	l.events <- tun.EventUp
+	return l
+}
+
+// --- tun.Device: the wireguard-go side ---
+
+func (t tunDevice) File() *os.File           { return nil }
+func (t tunDevice) MTU() (int, error)        { return int(t.l.mtu), nil }
+func (t tunDevice) Name() (string, error)    { return "devgate", nil }
+func (t tunDevice) Events() <-chan tun.Event { return t.l.events }
+func (t tunDevice) BatchSize() int           { return batchSize }
+func (t tunDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	return t.l.read(bufs, sizes, offset)
+}
+func (t tunDevice) Write(bufs [][]byte, offset int) (int, error) { return t.l.write(bufs, offset) }
+
+// Close stops the tun.Device side. wireguard-go calls it when its device
+// closes; the Stack calls it too. It is idempotent.
+func (t tunDevice) Close() error {
+	t.l.closeTUN()
+	return nil
+}
+
+// Read blocks until at least one outbound packet is queued, then returns as
+// many as are queued, up to len(bufs).
+func (l *link) read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n := 0
+	for n == 0 {
+		var pkt *stack.PacketBuffer
+		select {
+		case pkt = <-l.out:
+		case <-l.done:
+			return 0, os.ErrClosed
+		}
+		for {
+			if sz := copyPacket(bufs[n][offset:], pkt); sz >= 0 {
+				sizes[n] = sz
+				n++
+			}
+			// A packet larger than the buffer cannot happen with wireguard-go's
+			// 64 KiB buffers and our MTU; it is skipped rather than truncated.
+			pkt.DecRef()
+			if n == len(bufs) {
+				break
+			}
+			select {
+			case pkt = <-l.out:
+				continue
+			default:
+			}
+			break
+		}
+	}
+	l.txPackets.Add(uint64(n))
+	return n, nil
+}
+
+// copyPacket copies pkt into dst without allocating and returns its size, or
+// -1 when it does not fit.
+func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
+	if pkt.Size() > len(dst) {
+		return -1
+	}
+	vl, off := pkt.AsViewList()
+	n := 0
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		n += copy(dst[n:], b[off:])
+		off = 0
+	}
+	return n
+}
+
+// Write injects inbound packets (decrypted by wireguard-go) into the stack,
+// after the isolation filter. Filtered packets are counted, not errors: a
+// peer must not be able to make wireguard-go log or stop.
+func (l *link) write(bufs [][]byte, offset int) (int, error) {
+	select {
+	case <-l.done:
+		return 0, os.ErrClosed
+	default:
+	}
+	l.mu.RLock()
+	d := l.dispatcher
+	l.mu.RUnlock()
+	for _, b := range bufs {
+		p := b[offset:]
+		if !l.inspect(p) || d == nil {
+			continue
+		}
+		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
+		d.DeliverNetworkPacket(ipv6.ProtocolNumber, pkt)
+		pkt.DecRef()
+		l.rxPackets.Add(1)
+	}
+	return len(bufs), nil
+}
+
+func (l *link) closeTUN() {
+	l.closeOnce.Do(func() {
+		close(l.done)
+		close(l.events)
+	})
+	l.drain()
+}
+
+// drain releases packets nobody will read.
+func (l *link) drain() {
+	for {
+		select {
+		case pkt := <-l.out:
+			pkt.DecRef()
+		default:
+			return
+		}
+	}
+}
+
+// --- stack.LinkEndpoint: the gVisor side ---
+
+// WritePackets queues packets for wireguard-go. It waits while the queue is
+// full and fails only once the link is closed.
+func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	n := 0
+	for _, pkt := range pkts.AsSlice() {
+		select {
+		case <-l.done:
+			return n, &tcpip.ErrClosedForSend{}
+		default:
+		}
+		pkt.IncRef()
+		select {
+		case l.out <- pkt:
+			n++
+		case <-l.done:
+			pkt.DecRef()
+			return n, &tcpip.ErrClosedForSend{}
+		}
+	}
+	return n, nil
+}
+
+func (l *link) Attach(d stack.NetworkDispatcher) {
+	l.mu.Lock()
+	l.dispatcher = d
+	l.mu.Unlock()
+}
+
+func (l *link) IsAttached() bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.dispatcher != nil
+}
+
+func (l *link) SetMTU(uint32)                                {} // fixed at creation
+func (l *link) MaxHeaderLength() uint16                      { return 0 }
+func (l *link) LinkAddress() tcpip.LinkAddress               { return "" }
+func (l *link) SetLinkAddress(tcpip.LinkAddress)             {}
+func (l *link) Capabilities() stack.LinkEndpointCapabilities { return stack.CapabilityNone }
+func (l *link) Wait()                                        {}
+func (l *link) ARPHardwareType() header.ARPHardwareType      { return header.ARPHardwareNone }
+func (l *link) AddHeader(*stack.PacketBuffer)                {}
+func (l *link) ParseHeader(*stack.PacketBuffer) bool         { return true }
+func (l *link) SetOnCloseAction(func())                      {}
+
+func (l *link) MTU() uint32 { return l.mtu }
+
+// Close is called by gVisor when the NIC is removed.
+func (l *link) Close() { l.closeTUN() }

@@ -1,0 +1,429 @@
+package tunnel_test
+
+// End-to-end tests: a gateway (netstack.Stack + tunnel.Tunnel on 127.0.0.1)
+// and userspace clients (client.Client), all in-process with real
+// wireguard-go and real UDP sockets.
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/devgate/devgate/client"
+	"github.com/devgate/devgate/netstack"
+	"github.com/devgate/devgate/peers"
+	"github.com/devgate/devgate/tunnel"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// No gVisor refs leak check here: the client side (wireguard-go's
+// tun/netstack) never releases the views its Read copies from, so it would
+// always report leaks. netstack's own tests check devgate's stack.
+
+// testRouter serves fixed handlers; it is the Router the gateway asks.
+type testRouter struct {
+	mu     sync.Mutex
+	tcp    map[netip.AddrPort]netstack.TCPHandler
+	exists map[netip.Addr]bool
+}
+
+func (r *testRouter) RouteTCP(src, dst netip.AddrPort) netstack.TCPHandler {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.tcp[dst]
+}
+
+func (r *testRouter) Exists(dst netip.Addr) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.exists[dst]
+}
+
+// handlerFunc adapts a function to TCPHandler.
+type handlerFunc func(netstack.TCPRequest)
+
+func (f handlerFunc) ServeTCP(r netstack.TCPRequest) { f(r) }
+
+// echo accepts, optionally after a delay, and echoes.
+func echo(delay time.Duration) netstack.TCPHandler {
+	return handlerFunc(func(r netstack.TCPRequest) {
+		time.Sleep(delay)
+		c, err := r.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	})
+}
+
+var (
+	network   = peers.NetworkPrefix(1)
+	service   = peers.Flycast(network, 1)
+	elsewhere = peers.Flycast(peers.NetworkPrefix(2), 1)
+)
+
+type gateway struct {
+	stack  *netstack.Stack
+	tun    *tunnel.Tunnel
+	key    wgtypes.Key
+	router *testRouter
+	peers  []tunnel.Peer
+}
+
+func newGateway(t testing.TB, cfg netstack.Config, uapiPath string) *gateway {
+	t.Helper()
+	return newGatewayTun(t, cfg, tunnel.Config{UAPIPath: uapiPath})
+}
+
+// newGatewayTun is newGateway with tunnel options; key, TUN and Logf are
+// filled in.
+func newGatewayTun(t testing.TB, cfg netstack.Config, tcfg tunnel.Config) *gateway {
+	t.Helper()
+	r := &testRouter{
+		tcp:    map[netip.AddrPort]netstack.TCPHandler{netip.AddrPortFrom(service, 80): echo(0)},
+		exists: map[netip.Addr]bool{service: true},
+	}
+	cfg.Router = r
+	cfg.Logf = t.Logf
+	st, err := netstack.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcfg.PrivateKey, tcfg.TUN, tcfg.Logf = key, st.TUN(), t.Logf
+	tn, err := tunnel.New(tcfg)
+	if err != nil {
+		st.Close()
+		t.Fatal(err)
+	}
+	gw := &gateway{stack: st, tun: tn, key: key, router: r}
+	t.Cleanup(func() {
+		tn.Close()
+		st.Close()
+	})
+	return gw
+}
+
+// addClient makes a client numbered n, adds it as a peer and starts it.
+// routeAll sends every destination through the tunnel, not only the /48.
+func (gw *gateway) addClient(t testing.TB, n uint32, routeAll bool) (*client.Client, tunnel.Peer) {
+	t.Helper()
+	priv, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := peers.Peer(network, 1, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := tunnel.Peer{PublicKey: priv.PublicKey(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr, peers.PeerPrefixLen).Masked()}}
+	gw.peers = append(gw.peers, p)
+	if err := gw.tun.SetPeers(gw.peers); err != nil {
+		t.Fatal(err)
+	}
+	cfg := peers.ClientConfig(priv, gw.key.PublicKey(), addr, network, "127.0.0.1:"+strconv.Itoa(gw.tun.Port()))
+	if routeAll {
+		cfg.Peers[0].AllowedIPs = []netip.Prefix{netip.MustParsePrefix("::/0")}
+	}
+	c, err := client.New(cfg, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, p
+}
+
+// checkGoroutines fails the test if goroutines started during it are still
+// running (bounded wait) after its cleanups.
+func checkGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			buf := make([]byte, 1<<20)
+			t.Errorf("%d goroutines leaked:\n%s", n-before, buf[:runtime.Stack(buf, true)])
+		}
+	})
+}
+
+func ctxTimeout(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// roundTrip writes msg on c and expects it echoed.
+func roundTrip(t testing.TB, c net.Conn, msg string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if string(buf) != msg {
+		t.Fatalf("echo = %q, want %q", buf, msg)
+	}
+}
+
+func dialService(t testing.TB, c *client.Client, port uint16) net.Conn {
+	t.Helper()
+	conn, err := c.DialContext(ctxTimeout(t, 15*time.Second), "tcp", netip.AddrPortFrom(service, port).String())
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func TestHandshakeAndTCPEcho(t *testing.T) {
+	checkGoroutines(t)
+	gw := newGateway(t, netstack.Config{}, "")
+	c, p := gw.addClient(t, 1, false)
+	conn := dialService(t, c, 80)
+	roundTrip(t, conn, "hello")
+	roundTrip(t, conn, strings.Repeat("x", 100_000)) // several segments each way
+
+	ps, err := gw.tun.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 1 || ps[0].PublicKey != p.PublicKey {
+		t.Fatalf("stats = %+v, want one peer %s", ps, p.PublicKey)
+	}
+	if ps[0].LastHandshake.IsZero() || ps[0].RxBytes == 0 || ps[0].TxBytes == 0 || !ps[0].Endpoint.IsValid() {
+		t.Errorf("peer stats = %+v, want a handshake, an endpoint and bytes both ways", ps[0])
+	}
+	if got := gw.stack.Stats().TCPAccepted; got != 1 {
+		t.Errorf("TCPAccepted = %d, want 1", got)
+	}
+}
+
+func TestTCPNoRouteIsRefused(t *testing.T) {
+	checkGoroutines(t)
+	gw := newGateway(t, netstack.Config{}, "")
+	c, _ := gw.addClient(t, 1, false)
+	_, err := c.DialContext(ctxTimeout(t, 15*time.Second), "tcp", netip.AddrPortFrom(service, 81).String())
+	if err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("dial unrouted port: err = %v, want connection refused", err)
+	}
+	if got := gw.stack.Stats().RefusedNoRoute; got != 1 {
+		t.Errorf("RefusedNoRoute = %d, want 1", got)
+	}
+}
+
+func TestHeldSYNStillConnects(t *testing.T) {
+	checkGoroutines(t)
+	// This gateway also uses the single-address bind (ListenAddr).
+	gw := newGatewayTun(t, netstack.Config{}, tunnel.Config{ListenAddr: netip.MustParseAddr("127.0.0.1")})
+	gw.router.tcp[netip.AddrPortFrom(service, 8080)] = echo(200 * time.Millisecond)
+	c, _ := gw.addClient(t, 1, false)
+	roundTrip(t, dialService(t, c, 8080), "woken")
+}
+
+func TestSYNPerPeerLimit(t *testing.T) {
+	checkGoroutines(t)
+	gw := newGateway(t, netstack.Config{MaxSYNPerPeer: 1}, "")
+	release := make(chan struct{})
+	held := make(chan struct{}, 1)
+	gw.router.tcp[netip.AddrPortFrom(service, 8080)] = handlerFunc(func(r netstack.TCPRequest) {
+		held <- struct{}{}
+		<-release
+		r.Refuse()
+	})
+	c, _ := gw.addClient(t, 1, false)
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.DialContext(ctxTimeout(t, 15*time.Second), "tcp", netip.AddrPortFrom(service, 8080).String())
+		first <- err
+	}()
+	select {
+	case <-held:
+	case <-time.After(15 * time.Second):
+		t.Fatal("first SYN never reached the handler")
+	}
+	_, err := c.DialContext(ctxTimeout(t, 15*time.Second), "tcp", netip.AddrPortFrom(service, 80).String())
+	if err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("second dial while one SYN is held: err = %v, want refused", err)
+	}
+	if got := gw.stack.Stats().RefusedSYNLimit; got != 1 {
+		t.Errorf("RefusedSYNLimit = %d, want 1", got)
+	}
+	close(release)
+	if err := <-first; err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("held dial after Refuse: err = %v, want refused", err)
+	}
+	// The budget is released: a new connection works.
+	roundTrip(t, dialService(t, c, 80), "again")
+}
+
+func TestPing(t *testing.T) {
+	checkGoroutines(t)
+	gw := newGateway(t, netstack.Config{}, "")
+	c, _ := gw.addClient(t, 1, false)
+	if _, err := c.Ping(ctxTimeout(t, 15*time.Second), service); err != nil {
+		t.Fatalf("ping existing address: %v", err)
+	}
+	missing := peers.Flycast(network, 99)
+	if _, err := c.Ping(ctxTimeout(t, 500*time.Millisecond), missing); err == nil {
+		t.Fatal("ping to an address that does not exist was answered")
+	}
+	if got := gw.stack.Stats().DroppedEchoNoAddress; got == 0 {
+		t.Error("DroppedEchoNoAddress = 0, want the echo counted")
+	}
+}
+
+func TestCrossNetworkDropped(t *testing.T) {
+	checkGoroutines(t)
+	gw := newGateway(t, netstack.Config{}, "")
+	// The attacker routes everything into the tunnel and targets another
+	// network's address, which the router would otherwise serve.
+	gw.router.tcp[netip.AddrPortFrom(elsewhere, 80)] = echo(0)
+	gw.router.exists[elsewhere] = true
+	c, _ := gw.addClient(t, 1, true)
+	roundTrip(t, dialService(t, c, 80), "own network works")
+	_, err := c.DialContext(ctxTimeout(t, 500*time.Millisecond), "tcp", netip.AddrPortFrom(elsewhere, 80).String())
+	if err == nil {
+		t.Fatal("dial to another network's address succeeded")
+	}
+	if got := gw.stack.Stats().DroppedCrossNetwork; got == 0 {
+		t.Error("DroppedCrossNetwork = 0, want the SYN counted")
+	}
+}
+
+func TestUDPClosedPortUnreachable(t *testing.T) {
+	checkGoroutines(t)
+	gw := newGateway(t, netstack.Config{}, "")
+	c, _ := gw.addClient(t, 1, false)
+	conn, err := c.DialContext(ctxTimeout(t, 5*time.Second), "udp", netip.AddrPortFrom(service, 9999).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	// The first write may race the handshake; the ICMP error arrives for
+	// a later one. Bounded: at most 10 tries.
+	var rerr error
+	for range 10 {
+		if _, err := conn.Write([]byte("x")); err != nil {
+			rerr = err
+			break
+		}
+		conn.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, rerr = conn.Read(make([]byte, 10))
+		if rerr != nil && !isTimeout(rerr) {
+			break
+		}
+	}
+	if rerr == nil || !strings.Contains(rerr.Error(), "refused") {
+		t.Fatalf("UDP to a closed port: err = %v, want connection refused (ICMP port unreachable)", rerr)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func TestSetPeersLive(t *testing.T) {
+	checkGoroutines(t)
+	gw := newGateway(t, netstack.Config{}, "")
+	a, pa := gw.addClient(t, 1, false)
+	connA := dialService(t, a, 80)
+	roundTrip(t, connA, "before")
+
+	b, _ := gw.addClient(t, 2, false) // SetPeers([a, b]) while a is connected
+	roundTrip(t, dialService(t, b, 80), "new peer")
+	roundTrip(t, connA, "existing connection unaffected")
+
+	gw.peers = []tunnel.Peer{pa}
+	if err := gw.tun.SetPeers(gw.peers); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.DialContext(ctxTimeout(t, time.Second), "tcp", netip.AddrPortFrom(service, 80).String()); err == nil {
+		t.Fatal("removed peer could still connect")
+	}
+	roundTrip(t, connA, "still fine")
+	ps, err := gw.tun.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps) != 1 || ps[0].PublicKey != pa.PublicKey {
+		t.Errorf("peers after removal = %+v, want only %s", ps, pa.PublicKey)
+	}
+}
+
+func TestUAPI(t *testing.T) {
+	checkGoroutines(t)
+	// Unix socket paths are limited to ~108 bytes; t.TempDir can be longer.
+	dir, err := os.MkdirTemp("", "dg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := dir + "/dg0.sock"
+	gw := newGateway(t, netstack.Config{}, path)
+	c, p := gw.addClient(t, 1, false)
+	roundTrip(t, dialService(t, c, 80), "traffic")
+
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode = %v, want 0600", fi.Mode().Perm())
+	}
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, "get=1\n\n"); err != nil {
+		t.Fatal(err)
+	}
+	kv := map[string]string{}
+	sc := bufio.NewScanner(conn)
+	for sc.Scan() && sc.Text() != "" {
+		k, v, _ := strings.Cut(sc.Text(), "=")
+		kv[k] = v
+	}
+	pub := p.PublicKey
+	if kv["errno"] != "0" || kv["public_key"] != hexKey(pub) {
+		t.Fatalf("UAPI get = %v, want errno=0 and the peer", kv)
+	}
+	for _, k := range []string{"last_handshake_time_sec", "rx_bytes", "tx_bytes"} {
+		if n, _ := strconv.ParseInt(kv[k], 10, 64); n <= 0 {
+			t.Errorf("UAPI %s = %q, want > 0", k, kv[k])
+		}
+	}
+}
+
+func hexKey(k wgtypes.Key) string {
+	const digits = "0123456789abcdef"
+	var b strings.Builder
+	for _, c := range k {
+		b.WriteByte(digits[c>>4])
+		b.WriteByte(digits[c&15])
+	}
+	return b.String()
+}

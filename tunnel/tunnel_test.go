@@ -1,0 +1,118 @@
+package tunnel
+
+import (
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+)
+
+func TestLoadOrCreateKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sub", "wg.key")
+	k1, err := LoadOrCreateKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode = %v, want 0600", fi.Mode().Perm())
+	}
+	k2, err := LoadOrCreateKey(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k1 != k2 {
+		t.Error("second load returned a different key")
+	}
+	if err := os.WriteFile(path, []byte("not a key\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreateKey(path); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Errorf("corrupt key: err = %v, want a 'corrupt' error", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "not a key\n" {
+		t.Error("corrupt key file was replaced")
+	}
+}
+
+func TestPortInUse(t *testing.T) {
+	pc, err := net.ListenPacket("udp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	port := pc.LocalAddr().(*net.UDPAddr).Port
+	_, err = New(Config{ListenPort: port, TUN: tuntest.NewChannelTUN().TUN()})
+	if !errors.Is(err, ErrPortInUse) || !strings.Contains(err.Error(), "--listen-port") {
+		t.Fatalf("err = %v, want ErrPortInUse with advice", err)
+	}
+}
+
+func TestRandomPortAndIdempotentClose(t *testing.T) {
+	tn, err := New(Config{TUN: tuntest.NewChannelTUN().TUN()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tn.Port() == 0 {
+		t.Error("Port() = 0 after a random port was chosen")
+	}
+	tn.Close()
+	tn.Close()
+}
+
+func TestRateLimitedLogger(t *testing.T) {
+	var lines []string
+	now := time.Unix(0, 0)
+	r := &rateLimiter{logf: func(f string, a ...any) { lines = append(lines, f) }, now: func() time.Time { return now },
+		last: map[string]time.Time{}, muted: map[string]int{}}
+	logf := r.logfFor("")
+	for range 5 {
+		logf("handshake failed for %s", "peer")
+	}
+	now = now.Add(logInterval)
+	logf("handshake failed for %s", "peer")
+	logf("other %d", 1)
+	if len(lines) != 3 || !strings.Contains(lines[1], "more like it") {
+		t.Fatalf("lines = %q, want first, one with a suppressed count, other", lines)
+	}
+}
+
+func TestParseIpcGet(t *testing.T) {
+	in := "private_key=00\nlisten_port=51820\npublic_key=" + strings.Repeat("ab", 32) +
+		"\nendpoint=127.0.0.1:1234\nlast_handshake_time_sec=100\nlast_handshake_time_nsec=5\n" +
+		"rx_bytes=10\ntx_bytes=20\nallowed_ip=fdaa::/120\nerrno=0\n"
+	dev, ps, err := parseIpcGet(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev.ListenPort != 51820 || len(ps) != 1 {
+		t.Fatalf("dev = %+v, peers = %+v", dev, ps)
+	}
+	p := ps[0]
+	if p.RxBytes != 10 || p.TxBytes != 20 || p.LastHandshake.Unix() != 100 || p.Endpoint.Port() != 1234 || len(p.AllowedIPs) != 1 {
+		t.Errorf("peer = %+v", p)
+	}
+	if _, _, err := parseIpcGet("public_key=zz\n"); err == nil {
+		t.Error("bad key accepted")
+	}
+}
+
+func FuzzParseIpcGet(f *testing.F) {
+	f.Add("listen_port=1\npublic_key=" + strings.Repeat("00", 32) + "\nrx_bytes=1\nallowed_ip=::/0\n")
+	f.Add("garbage")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, s string) {
+		_, ps, err := parseIpcGet(s)
+		if err != nil && ps != nil {
+			t.Fatal("peers returned with an error")
+		}
+	})
+}
