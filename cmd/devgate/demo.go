@@ -28,7 +28,7 @@ const demoIdle = 4 * time.Second
 
 func runDemo(ctx context.Context, e *env, args []string) error {
 	fs := flags(e, "demo")
-	port := fs.Int("listen-port", gateway.DefaultListenPort, "WireGuard UDP port (a free one is used if this is taken)")
+	port := fs.Int("listen-port", gateway.DefaultListenPort, "WireGuard UDP port (0, or a port that is taken, picks a free one)")
 	once := fs.Bool("once", false, "exit after the walkthrough instead of serving until Ctrl-C")
 	verbose := fs.Bool("v", false, "log the gateway's diagnostics")
 	if _, err := parse(fs, args, 0); err != nil {
@@ -46,7 +46,7 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	}
 
 	say("==> Starting a gateway (embedded state in %s, no root)", dir)
-	cfg := gateway.Config{DataDir: dir, ListenPort: *port, Endpoint: "", IdleTimeout: demoIdle, UAPIPath: filepath.Join(dir, "devgate0.sock"), Version: version, Logf: logf}
+	cfg := gateway.Config{DataDir: dir, ListenPort: *port, RandomPort: *port == 0, IdleTimeout: demoIdle, UAPIPath: filepath.Join(dir, "devgate0.sock"), Version: version, Logf: logf}
 	g, err := gateway.Start(ctx, cfg)
 	if errors.Is(err, tunnel.ErrPortInUse) {
 		cfg.ListenPort, cfg.RandomPort = 0, true

@@ -75,6 +75,7 @@ func runWireguard(ctx context.Context, e *env, args []string) error {
 func wgCreate(ctx context.Context, e *env, args []string) error {
 	fs := flags(e, "wireguard create")
 	network := fs.String("network", "default", "the organization's network to join")
+	qr := fs.Bool("qr", false, "also print the config as a QR code, for the mobile WireGuard apps")
 	pos, err := parse(fs, args, 4)
 	if err != nil {
 		return err
@@ -119,7 +120,17 @@ func wgCreate(ctx context.Context, e *env, args []string) error {
 		}
 		return err
 	}
+	if *qr {
+		code, err := qrTerminal(string(conf.Render()))
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(e.stdout, code)
+	}
 	if out == nil {
+		if *qr {
+			return nil // the QR code is the output
+		}
 		_, err = e.stdout.Write(conf.Render())
 		return err
 	}
