@@ -1,0 +1,281 @@
+package flycast
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/devgate/devgate/netstack"
+)
+
+// Bounds on what an http client can make the proxy hold.
+const (
+	// httpReadHeaderTimeout cuts slow-loris clients that trickle headers.
+	httpReadHeaderTimeout = 10 * time.Second
+	// httpMaxHeaderBytes bounds request headers; net/http answers 431 above.
+	httpMaxHeaderBytes = 64 << 10
+	// httpIdleTimeout closes keep-alive connections with no request.
+	httpIdleTimeout = 75 * time.Second
+	// httpMaxBodyBytes bounds one request body.
+	httpMaxBodyBytes = 256 << 20
+	// backendIdleConns bounds pooled keep-alive connections per machine.
+	backendIdleConns = 64
+)
+
+type connKey struct{}
+
+// flowConn is an accepted client conn with the route it came in on. It
+// releases the proxy's flow slot when closed.
+type flowConn struct {
+	net.Conn
+	h        *portHandler
+	src, dst string
+	port     int
+	once     sync.Once
+	p        *Proxy
+	// wake is the wake started at SYN time. The conn's first request
+	// reports its failure rather than quietly trying another machine.
+	// Only the http server's goroutine for this conn touches it.
+	wake *wakeOp
+}
+
+func (c *flowConn) Close() error {
+	c.once.Do(func() { c.p.flows.Add(-1) })
+	return c.Conn.Close()
+}
+
+// connListener hands conns accepted by ServeTCP to the http.Server.
+type connListener struct {
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+type logfWriter func(string, ...any)
+
+func (f logfWriter) Write(b []byte) (int, error) {
+	f("flycast: http: %s", strings.TrimSpace(string(b)))
+	return len(b), nil
+}
+
+func (p *Proxy) initHTTP() {
+	p.httpLn = &connListener{ch: make(chan net.Conn), done: make(chan struct{})}
+	p.transport = &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: backendDialTimeout}).DialContext,
+		MaxIdleConnsPerHost: backendIdleConns,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	p.rp = p.newReverse()
+	p.httpSrv = &http.Server{
+		Handler:           http.HandlerFunc(p.serveHTTP),
+		ReadHeaderTimeout: httpReadHeaderTimeout,
+		MaxHeaderBytes:    httpMaxHeaderBytes,
+		IdleTimeout:       httpIdleTimeout,
+		ErrorLog:          log.New(logfWriter(p.cfg.Logf), "", 0),
+		BaseContext:       func(net.Listener) context.Context { return p.ctx },
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
+	}
+}
+
+// serveHTTPConn starts a wake at SYN time if needed, completes the
+// handshake and hands the conn to the http server, which balances each
+// request on its own.
+func (p *Proxy) serveHTTPConn(h *portHandler, r netstack.TCPRequest) {
+	var wake *wakeOp
+	if !h.forceHTTPS { // a redirect needs no machine
+		wake = p.prewake(h.app)
+	}
+	c, err := r.Accept()
+	if err != nil {
+		p.flows.Add(-1)
+		return
+	}
+	fc := &flowConn{Conn: c, h: h, p: p, src: r.Src().Addr().Unmap().String(),
+		dst: r.Dst().String(), port: int(r.Dst().Port()), wake: wake}
+	select {
+	case p.httpLn.ch <- fc:
+	case <-p.httpLn.done:
+		fc.Close()
+	}
+}
+
+// statusWriter records the status code for metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+type target struct {
+	addr    string
+	fc      *flowConn
+	id      string
+	machine string
+}
+
+type targetKey struct{}
+
+func (p *Proxy) serveHTTP(rw http.ResponseWriter, req *http.Request) {
+	fc, ok := req.Context().Value(connKey{}).(*flowConn)
+	if !ok {
+		http.Error(rw, "no route", http.StatusMisdirectedRequest)
+		return
+	}
+	h := fc.h
+	if h.forceHTTPS {
+		http.Redirect(rw, req, "https://"+req.Host+req.URL.RequestURI(), http.StatusMovedPermanently)
+		return
+	}
+	var err error
+	if w := fc.wake; w != nil {
+		fc.wake = nil
+		select {
+		case <-w.done:
+			err = w.err
+		case <-req.Context().Done():
+			err = req.Context().Err()
+		}
+	}
+	var ms *machineState
+	if err == nil {
+		ms, err = p.acquire(req.Context(), h.app, h.svc)
+	}
+	if err != nil {
+		p.met.refused.WithLabelValues(h.app.Name, refuseReason(err)).Inc()
+		http.Error(rw, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	defer p.release(ms, h.app.Name)
+	p.mu.Lock()
+	rec := ms.rec
+	p.mu.Unlock()
+	addr, err := p.backendAddr(ms, rec, h.svc.InternalPort)
+	if err != nil {
+		p.met.refused.WithLabelValues(h.app.Name, "backend_dial").Inc()
+		http.Error(rw, fmt.Sprintf("app %s: %v; try again", h.app.Name, err), http.StatusServiceUnavailable)
+		return
+	}
+	req.Body = http.MaxBytesReader(rw, req.Body, httpMaxBodyBytes)
+	t := &target{addr: addr, fc: fc, id: p.reqIDs.next(p.cfg.Region), machine: ms.id}
+	sw := &statusWriter{ResponseWriter: rw}
+	p.rp.ServeHTTP(sw, req.WithContext(context.WithValue(req.Context(), targetKey{}, t)))
+	ms.touch()
+	code := sw.code
+	if code == 0 {
+		code = http.StatusOK
+	}
+	p.met.requests.WithLabelValues(h.app.Name, ms.id, strconv.Itoa(code)).Inc()
+}
+
+// newReverse builds the proxy's single ReverseProxy; the target is chosen
+// per request and carried in the request's context.
+func (p *Proxy) newReverse() *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite:   p.rewrite,
+		Transport: p.transport,
+		ErrorLog:  log.New(logfWriter(p.cfg.Logf), "", 0),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			t, _ := r.Context().Value(targetKey{}).(*target)
+			msg := "backend error"
+			if t != nil {
+				msg = fmt.Sprintf("app %s machine %s: %v", t.fc.h.app.Name, t.machine, err)
+			}
+			p.cfg.Logf("flycast: %s", msg)
+			if errors.Is(err, context.Canceled) {
+				return
+			}
+			http.Error(w, msg, http.StatusBadGateway)
+		},
+	}
+}
+
+// rewrite points the request at the machine and adds Fly's headers.
+// Client-sent copies of Fly's own headers are replaced, never trusted.
+func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
+	t := pr.In.Context().Value(targetKey{}).(*target)
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = t.addr
+	pr.Out.Host = pr.In.Host
+	hd := pr.Out.Header
+	hd.Set("Fly-Forwarded-Port", strconv.Itoa(t.fc.port))
+	hd.Set("Fly-Region", p.cfg.Region)
+	hd.Set("Fly-Request-Id", t.id)
+	xff := t.fc.src
+	if prior := pr.In.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+		xff = strings.Join(prior, ", ") + ", " + xff
+	}
+	hd.Set("X-Forwarded-For", xff)
+	hd.Set("X-Forwarded-Proto", "http")
+	via := "1.1 devgate"
+	if prior := pr.In.Header.Values("Via"); len(prior) > 0 {
+		via = strings.Join(prior, ", ") + ", " + via
+	}
+	hd.Set("Via", via)
+}
+
+// requestIDs makes Fly-Request-Id values: a random per-process prefix and a
+// counter, so they are unique without a lock or a syscall per request.
+type requestIDs struct {
+	prefix string
+	n      atomic.Uint64
+}
+
+func newRequestIDs() requestIDs {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("crypto/rand: " + err.Error()) // never fails on supported platforms
+	}
+	return requestIDs{prefix: hex.EncodeToString(b[:])}
+}
+
+func (r *requestIDs) next(region string) string {
+	id := r.prefix + strconv.FormatUint(r.n.Add(1), 36)
+	if region != "" {
+		id += "-" + region
+	}
+	return id
+}
