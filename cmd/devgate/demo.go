@@ -202,8 +202,18 @@ func demoGet(ctx context.Context, e *env, hc *http.Client, showBody bool) error 
 			}
 		}
 	}
-	fmt.Fprintf(e.stdout, "    %s, %d bytes, machine %s\n    real %.3fs\n", resp.Status, len(body), resp.Header.Get("Fly-Machine-Id"), d.Seconds())
+	fmt.Fprintf(e.stdout, "    %s, %d bytes, from machine %s\n    real %.3fs\n", resp.Status, len(body), answeredBy(string(body)), d.Seconds())
 	return nil
+}
+
+// answeredBy reads the machine from the hello page's title.
+func answeredBy(page string) string {
+	_, rest, ok := strings.Cut(page, "<title>Hello from ")
+	if !ok {
+		return "?"
+	}
+	id, _, _ := strings.Cut(rest, "<")
+	return id
 }
 
 func stripTags(s string) string {
