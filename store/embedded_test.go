@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -238,12 +239,32 @@ func TestExternalNATS(t *testing.T) {
 
 // TestEmbeddedUnavailable: with the embedded server shut down, writes
 // through its in-process connection fail with ErrUnavailable.
+// A running Watch ends with ErrUnavailable too.
 func TestEmbeddedUnavailable(t *testing.T) {
 	e, s := newTestStore(t, t.TempDir())
+	started := make(chan struct{})
+	werr := make(chan error, 1)
+	var once sync.Once
+	go func() {
+		werr <- s.Watch(testCtx(t), func(*Snapshot) { once.Do(func() { close(started) }) })
+	}()
+	select {
+	case <-started:
+	case <-time.After(watchTimeout):
+		t.Fatal("no initial snapshot")
+	}
 	e.Shutdown()
 	_, err := s.CreateOrg(testCtx(t), "acme")
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("write with server down = %v, want ErrUnavailable", err)
+	}
+	select {
+	case err := <-werr:
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Watch with server down = %v, want ErrUnavailable", err)
+		}
+	case <-time.After(watchTimeout):
+		t.Fatal("Watch did not return after the server stopped")
 	}
 }
 

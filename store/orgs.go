@@ -61,7 +61,7 @@ func (s *Store) GetOrg(ctx context.Context, name string) (Org, error) {
 		return Org{}, err
 	}
 	if !ok {
-		return Org{}, fmt.Errorf("organization %q: %w; list organizations with `devgate orgs list`", name, ErrNotFound)
+		return Org{}, fmt.Errorf("organization %q: %w; check the --org flag", name, ErrNotFound)
 	}
 	return o, nil
 }

@@ -84,7 +84,8 @@ type Store struct {
 
 // Open opens (creating if needed) the state bucket on nc. The bucket lives
 // in file storage with one replica; on a cluster, create it beforehand with
-// more replicas and Open uses it as it is.
+// more replicas and Open uses it as it is. The caller keeps ownership of nc
+// and closes it after it is done with the Store; a Store needs no Close.
 func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 	if opts.Gateway == 0 {
 		opts.Gateway = 1

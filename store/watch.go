@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -21,7 +22,8 @@ func (s *Store) scan(ctx context.Context, fn func(key string, val []byte) error,
 	octx, cancel := s.opCtx(ctx)
 	defer cancel()
 	filter := strings.Join(filters, ",")
-	w, err := s.kv.WatchFiltered(octx, filters, jetstream.IgnoreDeletes())
+	// WatchFiltered rewrites the slice it is given in place.
+	w, err := s.kv.WatchFiltered(octx, slices.Clone(filters), jetstream.IgnoreDeletes())
 	if err != nil {
 		return s.fail(ctx, "list "+filter, err)
 	}
@@ -61,9 +63,6 @@ func stopWatcher(w jetstream.KeyWatcher) {
 		}
 	}
 }
-
-// recordFilters match every record key and nothing else.
-var recordFilters = []string{pfxOrg + ">", pfxNet + ">", pfxPeer + ">", pfxApp + ">", pfxIP + ">", pfxMachine + ">"}
 
 // state is the decoded content of the bucket, keyed by bucket key.
 type state struct {
@@ -131,13 +130,14 @@ func (st *state) snapshot() *Snapshot {
 // Snapshot reads all state.
 func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 	st := newState()
-	// Only record keys: counters and key claims would double the traffic.
+	// One filter for everything: a consumer with several filters (records
+	// only, without counters and key claims) measured 15x slower.
 	err := s.scan(ctx, func(key string, val []byte) error {
 		if val == nil {
 			val = []byte{} // a record is never empty; make decoding fail loudly
 		}
 		return st.apply(key, val)
-	}, recordFilters...)
+	}, ">")
 	if err != nil {
 		return nil, err
 	}
