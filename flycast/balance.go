@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/devgate/devgate/store"
 )
 
 // maxAcquireAttempts bounds how often one connection re-runs the balancer
@@ -67,7 +69,8 @@ func less(a, b [3]int) bool {
 // pickWakeable returns the machine to start: stopped or created machines
 // first (in region first), then failed ones, least recently failed first, so
 // that after a failed wake the next connection tries another machine.
-// Machines being stopped come last: their wake waits for the stop.
+// Machines left mid-transition by a restart come next, and machines we are
+// stopping last: their wake waits for the stop.
 func pickWakeable(list []*machineState, region string) *machineState {
 	var best *machineState
 	bestRank := 0
@@ -78,11 +81,15 @@ func pickWakeable(list []*machineState, region string) *machineState {
 		rank := 0
 		switch {
 		case ms.stopDone != nil:
-			rank = 6
-		case ms.rec.State == "stopped" || ms.rec.State == "created":
+			rank = 7
+		case ms.rec.State == store.MachineStopped || ms.rec.State == store.MachineCreated:
 			rank = 1
-		case ms.rec.State == "failed":
+		case ms.rec.State == store.MachineFailed:
 			rank = 3
+		case ms.rec.State == store.MachineStarting || ms.rec.State == store.MachineStopping:
+			// Recorded mid-transition with no wake or stop of ours in
+			// progress: a gateway restart interrupted it. Start afresh.
+			rank = 5
 		default:
 			continue
 		}

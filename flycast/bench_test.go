@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"sort"
 	"strconv"
 	"testing"
@@ -94,4 +95,17 @@ func BenchmarkColdWake(b *testing.B) {
 	b.StopTimer()
 	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
 	b.ReportMetric(float64(times[len(times)/2].Microseconds()), "median-µs/wake")
+}
+
+// BenchmarkRouteTCP is the packet-path lookup: it must not allocate.
+func BenchmarkRouteTCP(b *testing.B) {
+	e := newEnv(b, envOpts{kind: "echo", noStart: true})
+	src := netip.AddrPortFrom(testPeer, 40000)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if e.p.RouteTCP(src, rawDst) == nil {
+			b.Fatal("no route")
+		}
+	}
 }

@@ -77,7 +77,11 @@ func (d *testDriver) Start(ctx context.Context, spec machines.Spec) error {
 	d.mu.Lock()
 	d.starts[spec.ID]++
 	fail := d.failStart[spec.ID]
+	running := d.running[spec.ID] != nil
 	d.mu.Unlock()
+	if running {
+		return fmt.Errorf("machine %s is already running", spec.ID)
+	}
 	if fail {
 		return errors.New("exec: \"./server\": no such file or directory")
 	}
@@ -145,7 +149,9 @@ func (d *testDriver) serveRaw(id string, c net.Conn) {
 		io.Copy(c, c)
 	case "sink":
 		n, _ := io.Copy(io.Discard, c)
-		d.sunk <- n
+		if n > 0 { // not a readiness probe
+			d.sunk <- n
+		}
 	case "pp":
 		br := bufio.NewReader(c)
 		src, dst, err := parseProxyHeader(br)
@@ -368,6 +374,9 @@ type envOpts struct {
 	noStart  bool     // do not run Proxy.Start
 	started  []string // machines to start before the test
 	regionOf map[string]string
+	// recorded are machines the store calls started although the driver
+	// does not run them, as after a gateway restart.
+	recorded []string
 }
 
 type testLog struct {
@@ -417,6 +426,11 @@ func newEnv(t testing.TB, o envOpts) *env {
 		}
 		e.st.m[id] = store.Machine{ID: id, App: "hello", Region: region, State: store.MachineStopped,
 			Driver: "process", Address: machineAddr(i)}
+	}
+	for _, id := range o.recorded {
+		m := e.st.m[id]
+		m.State = store.MachineStarted
+		e.st.m[id] = m
 	}
 	cfg := o.cfg
 	if cfg.Region == "" {

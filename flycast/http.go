@@ -165,6 +165,16 @@ func (p *Proxy) serveHTTP(rw http.ResponseWriter, req *http.Request) {
 		http.Error(rw, "no route", http.StatusMisdirectedRequest)
 		return
 	}
+	// Handlers are waited for by Close: net/http does not wait for them.
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		http.Error(rw, ErrClosed.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	p.handlers.Add(1)
+	p.mu.Unlock()
+	defer p.handlers.Done()
 	h := fc.h
 	if h.forceHTTPS {
 		http.Redirect(rw, req, "https://"+req.Host+req.URL.RequestURI(), http.StatusMovedPermanently)
@@ -181,8 +191,9 @@ func (p *Proxy) serveHTTP(rw http.ResponseWriter, req *http.Request) {
 		}
 	}
 	var ms *machineState
+	var addr string
 	if err == nil {
-		ms, err = p.acquire(req.Context(), h.app, h.svc)
+		ms, addr, err = p.acquireBackend(req.Context(), h.app, h.svc)
 	}
 	if err != nil {
 		p.met.refused.WithLabelValues(h.app.Name, refuseReason(err)).Inc()
@@ -190,15 +201,6 @@ func (p *Proxy) serveHTTP(rw http.ResponseWriter, req *http.Request) {
 		return
 	}
 	defer p.release(ms, h.app.Name)
-	p.mu.Lock()
-	rec := ms.rec
-	p.mu.Unlock()
-	addr, err := p.backendAddr(ms, rec, h.svc.InternalPort)
-	if err != nil {
-		p.met.refused.WithLabelValues(h.app.Name, "backend_dial").Inc()
-		http.Error(rw, fmt.Sprintf("app %s: %v; try again", h.app.Name, err), http.StatusServiceUnavailable)
-		return
-	}
 	req.Body = http.MaxBytesReader(rw, req.Body, httpMaxBodyBytes)
 	t := &target{addr: addr, fc: fc, id: p.reqIDs.next(p.cfg.Region), machine: ms.id}
 	sw := &statusWriter{ResponseWriter: rw}

@@ -78,7 +78,7 @@ func (p *Proxy) bootMachine(ctx context.Context, a *App, ms *machineState, exite
 			m.Reason = reason
 		})
 		p.cfg.Logf("flycast: app %s: machine %s failed to start: %s", a.Name, id, reason)
-		return fmt.Errorf("app %s: %w: machine %s: %s: %w", a.Name, ErrWakeFailed, id, reason, cause)
+		return &wakeError{app: a.Name, id: id, reason: reason, log: p.spec(a, rec).LogPath, cause: cause}
 	}
 	drv, err := p.driverOf(rec)
 	if err != nil {
@@ -135,6 +135,23 @@ func (p *Proxy) bootMachine(ctx context.Context, a *App, ms *machineState, exite
 	})
 	return nil
 }
+
+// wakeError is a failed wake, as the client sees it.
+type wakeError struct {
+	app, id, reason, log string
+	cause                error
+}
+
+func (e *wakeError) Error() string {
+	hint := "its log"
+	if e.log != "" {
+		hint = e.log
+	}
+	return fmt.Sprintf("app %s: machine %s failed to start: %s; see %s. The next connection tries another machine",
+		e.app, e.id, e.reason, hint)
+}
+
+func (e *wakeError) Unwrap() []error { return []error{ErrWakeFailed, e.cause} }
 
 // spec builds the machines.Spec for a machine of app a.
 func (p *Proxy) spec(a *App, rec store.Machine) machines.Spec {
@@ -321,6 +338,11 @@ func (p *Proxy) consumeExits(name string, d machines.Driver) {
 // handleExit applies a driver's Exit: open splices to the machine end, and
 // unless a wake or a stop owns the machine's state, it becomes stopped or
 // failed.
+//
+// Exits arrive asynchronously: the Exit of a process we stopped may be
+// read after the machine was started again. Such a stale Exit must not mark
+// the new process stopped, so an Exit is applied only when the driver
+// confirms the machine is not running now.
 func (p *Proxy) handleExit(e machines.Exit) {
 	p.mu.Lock()
 	ms := p.machines[e.ID]
@@ -328,19 +350,37 @@ func (p *Proxy) handleExit(e machines.Exit) {
 		p.mu.Unlock()
 		return
 	}
-	ms.closeConnsLocked()
-	if ms.exited != nil {
+	if !e.Stopped && ms.exited != nil {
+		// A crash: the wake waiting for readiness gives up at once.
 		ms.exitErr = exitError(e)
 		close(ms.exited)
 		ms.exited = nil
 	}
-	owned := ms.wake != nil || ms.stopDone != nil
-	wasStarted := ms.rec.State == store.MachineStarted
-	p.mu.Unlock()
-	p.transport.CloseIdleConnections()
-	if owned || !wasStarted {
+	// A wake or a stop in progress owns the state; a Stopped exit then is
+	// our own stop's (or an earlier one's).
+	if ms.wake != nil || ms.stopDone != nil || ms.rec.State != store.MachineStarted {
+		p.mu.Unlock()
 		return
 	}
+	rec := ms.rec
+	port := 1
+	if a := p.apps[rec.App]; a != nil && len(a.Services) > 0 && a.Services[0].InternalPort > 0 {
+		port = a.Services[0].InternalPort
+	}
+	p.mu.Unlock()
+	if drv, err := p.driverOf(rec); err == nil {
+		if _, err := drv.Backend(e.ID, port); !errors.Is(err, machines.ErrNotRunning) {
+			return // stale: the machine runs again
+		}
+	}
+	p.mu.Lock()
+	if ms.wake != nil || ms.stopDone != nil || ms.rec.State != store.MachineStarted {
+		p.mu.Unlock()
+		return
+	}
+	ms.closeConnsLocked()
+	p.mu.Unlock()
+	p.transport.CloseIdleConnections()
 	if e.Stopped {
 		p.persist(ms, e.ID, func(m *store.Machine) {
 			m.State = store.MachineStopped

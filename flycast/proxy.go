@@ -43,6 +43,8 @@ type Proxy struct {
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// handlers counts http handlers running (added under mu while open).
+	handlers sync.WaitGroup
 
 	flows     atomic.Int64
 	direct    *directHandler
@@ -151,6 +153,7 @@ func (p *Proxy) Close() error {
 	// Close (not Shutdown): in-flight requests end now, like spliced conns.
 	err := p.httpSrv.Close()
 	p.wg.Wait()
+	p.handlers.Wait()
 	p.transport.CloseIdleConnections()
 	return err
 }

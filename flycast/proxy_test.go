@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/devgate/devgate/machines"
 	"github.com/devgate/devgate/store"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 var (
@@ -57,7 +59,8 @@ func echoOnce(t *testing.T, c net.Conn, msg string) {
 }
 
 func TestColdRequestWakesMachine(t *testing.T) {
-	e := newEnv(t, envOpts{app: App{AutoStart: true}})
+	reg := prometheus.NewRegistry()
+	e := newEnv(t, envOpts{app: App{AutoStart: true}, cfg: Config{Registerer: reg}})
 	code, body, _ := e.get(e.httpClient(), "/")
 	if code != 200 || body != "hello from m1" {
 		t.Fatalf("got %d %q", code, body)
@@ -68,6 +71,56 @@ func TestColdRequestWakesMachine(t *testing.T) {
 	if n := e.drv.startCount("m1"); n != 1 {
 		t.Fatalf("%d starts, want 1", n)
 	}
+	wants := []string{
+		`devgate_wakes_total{app="hello",result="ok"} 1`,
+		`devgate_requests_total{app="hello",code="200",machine="m1"} 1`,
+		`devgate_wake_seconds_count{app="hello"} 1`,
+	}
+	// The request counter moves when the handler returns, which may be
+	// just after the client read the body.
+	var missing []string
+	for i := 0; i < 400; i++ {
+		got := gather(t, reg)
+		missing = missing[:0]
+		for _, w := range wants {
+			if !got[w] {
+				missing = append(missing, w)
+			}
+		}
+		if len(missing) == 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if len(missing) > 0 {
+		t.Errorf("metrics lack %v", missing)
+	}
+}
+
+// gather renders the registry's samples as "name{labels} value" lines.
+func gather(t *testing.T, reg *prometheus.Registry) map[string]bool {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			name := mf.GetName()
+			switch {
+			case m.GetCounter() != nil:
+				out[fmt.Sprintf("%s{%s} %g", name, strings.Join(labels, ","), m.GetCounter().GetValue())] = true
+			case m.GetHistogram() != nil:
+				out[fmt.Sprintf("%s_count{%s} %d", name, strings.Join(labels, ","), m.GetHistogram().GetSampleCount())] = true
+			}
+		}
+	}
+	return out
 }
 
 func TestWarmRequestsOnlyToStartedMachines(t *testing.T) {
@@ -514,5 +567,113 @@ func TestStartStopMachineAndUpdateKeepsState(t *testing.T) {
 	}
 	if err := e.p.Close(); err != nil {
 		t.Fatal("second Close:", err)
+	}
+}
+
+func TestHardLimitRawTCPGetsRST(t *testing.T) {
+	svc := rawService()
+	svc[0].Concurrency.Hard = 1
+	e := newEnv(t, envOpts{kind: "echo", started: []string{"m1"}, app: App{Services: svc},
+		cfg: Config{QueueTimeout: 100 * time.Millisecond}})
+	c1, err := e.dial(rawDst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	echoOnce(t, c1, "first")
+	c2, err := e.dial(rawDst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	expectRST(t, c2)
+	echoOnce(t, c1, "first still served")
+}
+
+func TestSoftLimitWakesAnotherMachine(t *testing.T) {
+	svc := rawService()
+	svc[0].Concurrency.Soft = 1
+	svc[0].Concurrency.Hard = 5
+	e := newEnv(t, envOpts{kind: "echo", ids: []string{"m1", "m2"}, started: []string{"m1"},
+		app: App{Services: svc, AutoStart: true}})
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	dial := func(msg string) {
+		c, err := e.dial(rawDst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		echoOnce(t, c, msg)
+	}
+	dial("a") // m1 at its soft limit now
+	dial("b") // served by m1 over soft, and m2 wakes
+	if got := e.drv.servedBy("m1"); got != 2 {
+		t.Fatalf("m1 served %d, want 2 while m2 wakes", got)
+	}
+	e.waitState("m2", store.MachineStarted)
+	dial("c")
+	if got := e.drv.servedBy("m2"); got != 1 {
+		t.Fatalf("m2 served %d after waking, want 1", got)
+	}
+}
+
+func TestStaleStoppedExitIgnored(t *testing.T) {
+	e := newEnv(t, envOpts{kind: "echo", noStart: true, started: []string{"m1"}})
+	ctx := context.Background()
+	if err := e.p.StopMachine(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.p.StartMachine(ctx, "m1"); err != nil {
+		t.Fatal(err)
+	}
+	// The Exit of the first run arrives only now.
+	e.p.handleExit(machines.Exit{ID: "m1", Stopped: true})
+	if m := e.st.get("m1"); m.State != store.MachineStarted {
+		t.Fatalf("stale exit made m1 %s", m.State)
+	}
+	// A real crash is applied.
+	e.drv.kill("m1")
+	e.p.handleExit(machines.Exit{ID: "m1", ExitCode: 1, Err: errors.New("boom")})
+	if m := e.st.get("m1"); m.State != store.MachineFailed || m.ExitCode != 1 || !strings.Contains(m.Reason, "boom") {
+		t.Fatalf("after crash: %+v", m)
+	}
+}
+
+func TestWakeErrorWrapsSentinel(t *testing.T) {
+	e := newEnv(t, envOpts{kind: "echo", app: App{AutoStart: true}})
+	e.drv.failStart["m1"] = true
+	err := e.p.StartMachine(context.Background(), "m1")
+	if !errors.Is(err, ErrWakeFailed) || !strings.Contains(err.Error(), "machine m1 failed to start") {
+		t.Fatalf("err %v", err)
+	}
+}
+
+func TestRecordedStartedButNotRunningIsWoken(t *testing.T) {
+	e := newEnv(t, envOpts{recorded: []string{"m1"}, app: App{AutoStart: true}})
+	code, body, _ := e.get(e.httpClient(), "/")
+	if code != 200 || body != "hello from m1" {
+		t.Fatalf("got %d %q", code, body)
+	}
+	if n := e.drv.startCount("m1"); n != 1 {
+		t.Fatalf("%d starts, want 1", n)
+	}
+}
+
+func TestInterruptedStartingMachineIsWoken(t *testing.T) {
+	e := newEnv(t, envOpts{app: App{AutoStart: true}})
+	if _, err := e.st.UpdateMachine(context.Background(), "m1", func(m *store.Machine) error {
+		m.State = store.MachineStarting // left so by a gateway restart
+		m.UpdatedAt = time.Now()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if code, body, _ := e.get(e.httpClient(), "/"); code != 200 || body != "hello from m1" {
+		t.Fatalf("got %d %q", code, body)
 	}
 }

@@ -1,6 +1,7 @@
 package flycast
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -81,7 +82,7 @@ func (h *portHandler) ServeTCP(r netstack.TCPRequest) {
 		return
 	}
 	defer p.flows.Add(-1)
-	ms, err := p.acquire(p.ctx, h.app, h.svc)
+	ms, addr, err := p.acquireBackend(p.ctx, h.app, h.svc)
 	if err != nil {
 		p.met.refused.WithLabelValues(h.app.Name, refuseReason(err)).Inc()
 		p.cfg.Logf("flycast: %s -> %s refused: %v", r.Src(), r.Dst(), err)
@@ -91,7 +92,7 @@ func (h *portHandler) ServeTCP(r netstack.TCPRequest) {
 	defer p.release(ms, h.app.Name)
 	// The backend is dialled before Accept: the client's SYN is held until
 	// the machine accepted, so the client never sees a refused connection.
-	back, err := p.dialMachine(ms, h.svc.InternalPort)
+	back, err := p.dialBackend(ms, addr)
 	if err != nil {
 		p.met.refused.WithLabelValues(h.app.Name, "backend_dial").Inc()
 		p.cfg.Logf("flycast: %s -> %s: %v", r.Src(), r.Dst(), err)
@@ -116,25 +117,43 @@ func (h *portHandler) ServeTCP(r netstack.TCPRequest) {
 	p.spliceTracked(ms, client, back)
 }
 
-// dialMachine connects to a started machine's internal port and registers
-// the conn so that the machine's exit or stop closes it.
-func (p *Proxy) dialMachine(ms *machineState, port int) (net.Conn, error) {
-	p.mu.Lock()
-	rec := ms.rec
-	p.mu.Unlock()
-	addr, err := p.backendAddr(ms, rec, port)
-	if err != nil {
-		return nil, err
+// acquireBackend is acquire plus the machine's backend address. When the
+// store calls a machine started but its driver does not run it (after a
+// gateway restart), backendAddr records it stopped and the connection tries
+// once more, which wakes a machine instead of failing. The caller releases
+// the machine.
+func (p *Proxy) acquireBackend(ctx context.Context, a *App, svc *Service) (*machineState, string, error) {
+	for attempt := 0; ; attempt++ {
+		ms, err := p.acquire(ctx, a, svc)
+		if err != nil {
+			return nil, "", err
+		}
+		p.mu.Lock()
+		rec := ms.rec
+		p.mu.Unlock()
+		addr, err := p.backendAddr(ms, rec, svc.InternalPort)
+		if err == nil {
+			return ms, addr, nil
+		}
+		p.release(ms, a.Name)
+		if !errors.Is(err, machines.ErrNotRunning) || attempt >= 1 {
+			return nil, "", err
+		}
 	}
+}
+
+// dialBackend connects to a started machine's backend address and
+// registers the conn so that the machine's exit or stop closes it.
+func (p *Proxy) dialBackend(ms *machineState, addr string) (net.Conn, error) {
 	c, err := net.DialTimeout("tcp", addr, backendDialTimeout)
 	if err != nil {
-		return nil, fmt.Errorf("dial machine %s port %d: %w", rec.ID, port, err)
+		return nil, fmt.Errorf("dial machine %s at %s: %w", ms.id, addr, err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !ms.isStarted() || p.closed {
 		c.Close()
-		return nil, fmt.Errorf("dial machine %s: %w", rec.ID, machines.ErrNotRunning)
+		return nil, fmt.Errorf("dial machine %s: %w", ms.id, machines.ErrNotRunning)
 	}
 	ms.addConnLocked(c)
 	return c, nil
@@ -244,7 +263,7 @@ func (d *directHandler) ServeTCP(r netstack.TCPRequest) {
 		return
 	}
 	ms.direct++
-	app := ms.rec.App
+	rec := ms.rec
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
@@ -252,7 +271,11 @@ func (d *directHandler) ServeTCP(r netstack.TCPRequest) {
 		ms.touch()
 		p.mu.Unlock()
 	}()
-	back, err := p.dialMachine(ms, int(r.Dst().Port()))
+	addr, err := p.backendAddr(ms, rec, int(r.Dst().Port()))
+	var back net.Conn
+	if err == nil {
+		back, err = p.dialBackend(ms, addr)
+	}
 	if err != nil {
 		p.cfg.Logf("flycast: direct %s -> %s: %v", r.Src(), r.Dst(), err)
 		r.Refuse()
@@ -264,6 +287,6 @@ func (d *directHandler) ServeTCP(r netstack.TCPRequest) {
 		back.Close()
 		return
 	}
-	p.met.connections.WithLabelValues(app, ms.id).Inc()
+	p.met.connections.WithLabelValues(rec.App, ms.id).Inc()
 	p.spliceTracked(ms, client, back)
 }
