@@ -135,7 +135,7 @@ func (c control) Deploy(ctx context.Context, name string, req api.DeployRequest)
 	var startErrs []error
 	for _, m := range ms {
 		if err := c.g.proxy.StartMachine(ctx, m.ID); err != nil {
-			startErrs = append(startErrs, fmt.Errorf("machine %s: %w", m.ID, err))
+			startErrs = append(startErrs, err) // the error names the app and machine
 		}
 	}
 	ms, err = st.ListMachines(ctx, name)
