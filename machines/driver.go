@@ -3,7 +3,8 @@
 // driver (the embedded default) runs a command on this host; the docker
 // driver runs containers through the Docker Engine API.
 //
-// Drivers know nothing of the store, the proxy or the network stack: the
+// Drivers know nothing of the store, the proxy or the network stack, and
+// must never import them (store, flycast, netstack, gateway, api): the
 // flycast package decides when to start and stop, and persists state.
 package machines
 
