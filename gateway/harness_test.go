@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 }
 
 // upstream is a test resolver on loopback standing in for the host's.
-func upstream(t *testing.T) string {
+func upstream(t testing.TB) string {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -69,7 +69,7 @@ func upstream(t *testing.T) string {
 }
 
 type harness struct {
-	t    *testing.T
+	t    testing.TB
 	dir  string
 	ups  string
 	g    *Gateway
@@ -77,7 +77,7 @@ type harness struct {
 	idle time.Duration
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t testing.TB) *harness {
 	h := &harness{t: t, dir: t.TempDir(), ups: upstream(t), idle: time.Hour}
 	h.start()
 	return h
