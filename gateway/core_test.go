@@ -20,6 +20,7 @@ import (
 // handshake, private and public DNS, ping, refusal, live add and remove,
 // isolation between organizations, and a restart that keeps every peer.
 func TestCore(t *testing.T) {
+	checkGoroutines(t)
 	h := newHarness(t)
 	ctx := h.ctx()
 	laptop := h.peer("personal", "laptop")

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -35,6 +36,15 @@ func get(t *testing.T, c *client.Client, url string) (*http.Response, string) {
 	return resp, string(body)
 }
 
+func loopbackTCPAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
 func (h *harness) stopAll(app string) {
 	h.t.Helper()
 	for _, m := range h.machines(app) {
@@ -48,7 +58,9 @@ func (h *harness) stopAll(app string) {
 // list, DNS, a cold request that wakes a machine, warm requests, auto-stop
 // and a wake again, and a restart that keeps it all.
 func TestFlycastWalkthrough(t *testing.T) {
-	h := newHarness(t)
+	checkGoroutines(t)
+	h := &harness{t: t, dir: t.TempDir(), ups: upstream(t), idle: time.Hour, metrics: loopbackTCPAddr(t)}
+	h.start()
 	res := h.launch("hello", "\n[devgate]\n  idle_timeout = '1s'\n")
 	if len(res.Machines) != DefaultMachines || len(res.IPs) != 1 {
 		t.Fatalf("deploy made %d machines and %d addresses, want %d and 1", len(res.Machines), len(res.IPs), DefaultMachines)
@@ -114,6 +126,21 @@ func TestFlycastWalkthrough(t *testing.T) {
 	})
 	if resp, _ := get(t, c, "http://hello.flycast/"); resp.StatusCode != 200 {
 		t.Errorf("second cold request: %s", resp.Status)
+	}
+
+	// The metrics name what happened: wakes, requests, DNS, peers.
+	mresp, err := http.Get("http://" + h.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mbody, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, want := range []string{`devgate_wakes_total{app="hello",result="ok"}`, "devgate_wake_seconds_bucket", "devgate_requests_total",
+		`devgate_dns_queries_total{rcode="NOERROR",type="AAAA"}`, `devgate_peer_rx_bytes_total{org="personal",peer="laptop"}`,
+		"devgate_peer_handshake_age_seconds", `devgate_netstack_refused_total{reason="cross_network"}`} {
+		if !strings.Contains(string(mbody), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 
 	// A restart keeps the app, its address and its machines.

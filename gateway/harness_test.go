@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -75,6 +76,8 @@ type harness struct {
 	g    *Gateway
 	api  *api.Client
 	idle time.Duration
+	// metrics, when set, serves /metrics there.
+	metrics string
 }
 
 func newHarness(t testing.TB) *harness {
@@ -83,13 +86,31 @@ func newHarness(t testing.TB) *harness {
 	return h
 }
 
+// checkGoroutines fails t if, after every later cleanup has run (the
+// gateway, its clients), more goroutines run than before the test began.
+// Register it first so that it runs last.
+func checkGoroutines(t *testing.T) {
+	base := runtime.NumGoroutine()
+	t.Cleanup(func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for runtime.NumGoroutine() > base {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				t.Errorf("goroutines leaked: %d before, %d after:\n%s", base, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+}
+
 func (h *harness) start() {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	g, err := Start(ctx, Config{
 		DataDir: h.dir, RandomPort: true, Endpoint: "127.0.0.1:0", UpstreamDNS: []string{h.ups},
-		IdleTimeout: h.idle, UAPIPath: filepath.Join(h.dir, "wg.sock"), Logf: h.t.Logf,
+		IdleTimeout: h.idle, UAPIPath: filepath.Join(h.dir, "wg.sock"), Logf: h.t.Logf, MetricsAddr: h.metrics,
 	})
 	if err != nil {
 		h.t.Fatalf("start gateway: %v", err)
