@@ -77,6 +77,7 @@ func (r *resolvers) sync(g *Gateway, snap *store.Snapshot) {
 		r.byNet[k] = true
 		g.serve("DNS "+addr.String(), func() error { return g.dns.ServePacket(pc) })
 		g.serve("DNS (TCP) "+addr.String(), func() error { return g.dns.Serve(l) })
+		g.serveTunnelAPI(k, n.Prefix)
 	}
 }
 

@@ -56,6 +56,10 @@ type Config struct {
 	// IdleTimeout is how long a machine may be idle before auto-stop; apps
 	// may set their own in fly.toml ([devgate] idle_timeout).
 	IdleTimeout time.Duration
+	// WakeTimeout bounds one machine wake (start plus readiness) and
+	// QueueTimeout one wait for a machine below its hard_limit; zero takes
+	// flycast's defaults (60s, 10s). Tests shorten them.
+	WakeTimeout, QueueTimeout time.Duration
 	// MetricsAddr serves Prometheus /metrics when set.
 	MetricsAddr string
 	// APIAddr serves the control API on TCP (bearer token) when set.
@@ -97,6 +101,7 @@ type Gateway struct {
 	ready     chan struct{} // closed after the first snapshot is applied
 	apps      appCache
 	resolver  resolvers
+	tapi      tunnelAPI // per-network API on <prefix>::3:4280 (tunnelapi.go)
 
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -283,9 +288,10 @@ func (g *Gateway) startDataPlane(ctx context.Context) error {
 		Drivers:     g.drivers,
 		Store:       g.store,
 		IdleTimeout: g.cfg.IdleTimeout,
-		LogDir:      logDir,
-		Registerer:  g.reg,
-		Logf:        g.logf,
+		WakeTimeout: g.cfg.WakeTimeout, QueueTimeout: g.cfg.QueueTimeout,
+		LogDir:     logDir,
+		Registerer: g.reg,
+		Logf:       g.logf,
 	})
 	if err != nil {
 		return err
@@ -314,6 +320,7 @@ func (g *Gateway) startDataPlane(ctx context.Context) error {
 		Logf:      g.logf,
 	})
 	g.closers = append(g.closers, g.dns.Close)
+	g.closers = append(g.closers, g.tapi.close)
 	g.resolver = resolvers{byNet: map[store.NetworkKey]bool{}}
 	g.tun, err = tunnel.New(tunnel.Config{
 		PrivateKey: g.key,

@@ -12,7 +12,7 @@ const MaxNameLen = 63
 // keys, and this alphabet is safe in both.
 func ValidateName(kind, name string) error {
 	if err := checkName(name); err != nil {
-		return fmt.Errorf("invalid %s name %q: %s; use 1 to %d lowercase letters, digits and hyphens, starting with a letter", kind, name, err, MaxNameLen)
+		return fmt.Errorf("%w %s name %q: %s; use 1 to %d lowercase letters, digits and hyphens, starting with a letter", ErrInvalid, kind, name, err, MaxNameLen)
 	}
 	return nil
 }

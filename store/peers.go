@@ -111,7 +111,7 @@ func (s *Store) claimKey(ctx context.Context, pub string, c keyClaim) (uint64, e
 func validPublicKey(k string) error {
 	b, err := base64.StdEncoding.DecodeString(k)
 	if err != nil || len(b) != 32 {
-		return fmt.Errorf("public key %q is not a base64 WireGuard key (32 bytes); copy it from `wg pubkey`", k)
+		return fmt.Errorf("%w public key %q: not a base64 WireGuard key (32 bytes); copy it from `wg pubkey`", ErrInvalid, k)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/devgate/devgate/peers"
@@ -23,6 +24,8 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrUnavailable: the state store (NATS) cannot be reached.
 	ErrUnavailable = errors.New("state store unreachable")
+	// ErrInvalid: a name or key the caller must change.
+	ErrInvalid = errors.New("invalid")
 )
 
 // Bucket is the name of the key-value bucket that holds all state.
@@ -75,6 +78,11 @@ type Options struct {
 
 // Store is the state store. It is safe for concurrent use.
 type Store struct {
+	// reconnects is closed and replaced each time the connection to NATS
+	// comes back, so watchers start over from a full replay.
+	reconnectMu sync.Mutex
+	reconnects  chan struct{}
+
 	nc   *nats.Conn
 	kv   jetstream.KeyValue
 	gw   uint16
@@ -96,7 +104,17 @@ func Open(ctx context.Context, nc *nats.Conn, opts Options) (*Store, error) {
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
-	s := &Store{nc: nc, gw: opts.Gateway, logf: opts.Logf, now: func() time.Time { return time.Now().UTC() }}
+	s := &Store{nc: nc, gw: opts.Gateway, logf: opts.Logf, now: func() time.Time { return time.Now().UTC() }, reconnects: make(chan struct{})}
+	// A watcher's consumer does not survive a lost connection promptly (it
+	// is re-created only after missed heartbeats, ~14 s); tell watchers at
+	// once instead. This takes the connection's reconnect handler, which
+	// Connect leaves unset.
+	nc.SetReconnectHandler(func(*nats.Conn) {
+		s.reconnectMu.Lock()
+		close(s.reconnects)
+		s.reconnects = make(chan struct{})
+		s.reconnectMu.Unlock()
+	})
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("open state store: %w", err)

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -151,6 +152,24 @@ func (s *Store) Snapshot(ctx context.Context) (*Snapshot, error) {
 // Watch returns ctx.Err() when ctx ends, or an error (ErrUnavailable) if the
 // store becomes unreachable in a way the client cannot recover from.
 func (s *Store) Watch(ctx context.Context, fn func(*Snapshot)) error {
+	for {
+		err := s.watchOnce(ctx, fn)
+		if !errors.Is(err, errReconnected) {
+			return err
+		}
+		s.logf("store: connection to NATS is back; reloading state")
+	}
+}
+
+// errReconnected ends one watch when the connection came back, so Watch
+// starts a new one from a full replay (which also catches deletes that
+// happened while it was away).
+var errReconnected = errors.New("reconnected")
+
+func (s *Store) watchOnce(ctx context.Context, fn func(*Snapshot)) error {
+	s.reconnectMu.Lock()
+	reconnected := s.reconnects
+	s.reconnectMu.Unlock()
 	w, err := s.kv.WatchAll(ctx)
 	if err != nil {
 		return s.fail(ctx, "watch state", err)
@@ -163,6 +182,8 @@ func (s *Store) Watch(ctx context.Context, fn func(*Snapshot)) error {
 		var ok bool
 		select {
 		case e, ok = <-w.Updates():
+		case <-reconnected:
+			return errReconnected
 		case <-ctx.Done():
 			return ctx.Err()
 		}
