@@ -154,6 +154,11 @@ func Start(ctx context.Context, cfg Config) (_ *Gateway, err error) {
 	if err := g.startMachines(ctx); err != nil {
 		return nil, err
 	}
+	// The docker driver joins when an engine answers; without one it logs
+	// a line and apps that need it get a clear error at deploy.
+	if err := g.startDocker(ctx); err != nil {
+		return nil, err
+	}
 	if err := g.startDataPlane(bg); err != nil {
 		return nil, err
 	}
@@ -430,8 +435,9 @@ func (g *Gateway) Store() *store.Store { return g.store }
 // NetstackStats are the netstack's counters.
 func (g *Gateway) NetstackStats() netstack.Stats { return g.stack.Stats() }
 
-// Close stops everything in reverse start order. Machines are stopped (their
-// state is recorded), so nothing outlives the gateway. Idempotent.
+// Close stops everything in reverse start order. Process machines stop with
+// it (a restart records them stopped); containers are left as they are, and
+// a restart adopts them again. Idempotent.
 func (g *Gateway) Close() error {
 	var errs []error
 	g.once.Do(func() {
