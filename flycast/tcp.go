@@ -15,9 +15,14 @@ import (
 	"github.com/devgate/devgate/store"
 )
 
-// spliceBufSize is the copy buffer per direction: large enough for
-// loopback and netstack throughput, small enough for thousands of flows.
+// spliceBufSize is the copy buffer a direction borrows while data flows in
+// bulk: large enough for loopback and netstack throughput.
 const spliceBufSize = 64 << 10
+
+// idleBufSize is the buffer a direction owns and reads into while traffic
+// is light. A connection spends most of its life blocked in Read, so this,
+// not spliceBufSize, is what an idle connection costs (2 × 2 KiB).
+const idleBufSize = 2 << 10
 
 // backendDialTimeout bounds a dial to a started machine, which is on this
 // host: a slow dial means the machine is wedged.
@@ -217,10 +222,18 @@ type closeWriter interface{ CloseWrite() error }
 // On EOF it half-closes dst; on an error it closes both, which also ends
 // the other direction.
 func copyHalf(ms *machineState, dst, src net.Conn) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
+	small := make([]byte, idleBufSize)
+	var big *[]byte // borrowed from bufPool while reads fill buffers
+	defer func() {
+		if big != nil {
+			bufPool.Put(big)
+		}
+	}()
 	for {
+		buf := small
+		if big != nil {
+			buf = *big
+		}
 		n, rerr := src.Read(buf)
 		if n > 0 {
 			ms.touch()
@@ -229,6 +242,13 @@ func copyHalf(ms *machineState, dst, src net.Conn) {
 				dst.Close()
 				return
 			}
+		}
+		switch {
+		case big == nil && n == len(small):
+			big = bufPool.Get().(*[]byte) // bulk: read in large chunks
+		case big != nil && n < idleBufSize:
+			bufPool.Put(big) // a lull: do not hold 64 KiB while blocked
+			big = nil
 		}
 		if rerr != nil {
 			if rerr == io.EOF {
