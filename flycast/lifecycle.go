@@ -72,7 +72,13 @@ func (p *Proxy) bootMachine(ctx context.Context, a *App, ms *machineState, exite
 	rec := ms.rec
 	p.mu.Unlock()
 	id := rec.ID
+	// "starting" is written while the machine starts, not before: the disk
+	// sync would otherwise add to every cold request. Every later write
+	// waits for it, so the store never sees the states out of order.
+	startingDone := make(chan struct{})
+	close(startingDone) // until the write below is under way
 	fail := func(reason string, cause error) error {
+		<-startingDone
 		p.persist(ms, id, func(m *store.Machine) {
 			m.State = store.MachineFailed
 			m.Reason = reason
@@ -84,11 +90,15 @@ func (p *Proxy) bootMachine(ctx context.Context, a *App, ms *machineState, exite
 	if err != nil {
 		return fail(err.Error(), err)
 	}
-	p.persist(ms, id, func(m *store.Machine) {
-		m.State = store.MachineStarting
-		m.Reason = ""
-		m.ExitCode = 0
-	})
+	startingDone = make(chan struct{})
+	go func() {
+		defer close(startingDone)
+		p.persist(ms, id, func(m *store.Machine) {
+			m.State = store.MachineStarting
+			m.Reason = ""
+			m.ExitCode = 0
+		})
+	}()
 	spec := p.spec(a, rec)
 	if err := drv.Start(ctx, spec); err != nil {
 		return fail("start: "+err.Error(), err)
@@ -129,6 +139,7 @@ func (p *Proxy) bootMachine(ctx context.Context, a *App, ms *machineState, exite
 			return fail(reason, err)
 		}
 	}
+	<-startingDone
 	p.persist(ms, id, func(m *store.Machine) {
 		m.State = store.MachineStarted
 		m.Reason = ""
