@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -402,7 +401,7 @@ func TestDockerCompose(t *testing.T) {
 	}
 	buildImages(t)
 	project := randName("devgatecompose")
-	port := composeUDPPort(t)
+	port := freeUDPPort(t)
 	env := append(os.Environ(),
 		"DEVGATE_NETWORK="+project,
 		"DEVGATE_WG_PORT="+fmt.Sprint(port),
@@ -499,14 +498,4 @@ func getRetry(t *testing.T, c *devclient.Client, url string) (*http.Response, st
 	}
 	t.Fatalf("GET %s: %v", url, last)
 	return nil, ""
-}
-
-func composeUDPPort(t *testing.T) int {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	return pc.LocalAddr().(*net.UDPAddr).Port
 }

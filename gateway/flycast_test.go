@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -36,15 +35,6 @@ func get(t *testing.T, c *client.Client, url string) (*http.Response, string) {
 	return resp, string(body)
 }
 
-func loopbackTCPAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func (h *harness) stopAll(app string) {
 	h.t.Helper()
 	for _, m := range h.machines(app) {
@@ -59,7 +49,7 @@ func (h *harness) stopAll(app string) {
 // and a wake again, and a restart that keeps it all.
 func TestFlycastWalkthrough(t *testing.T) {
 	checkGoroutines(t)
-	h := &harness{t: t, dir: t.TempDir(), ups: upstream(t), idle: time.Hour, metrics: loopbackTCPAddr(t)}
+	h := &harness{t: t, dir: t.TempDir(), ups: upstream(t), idle: time.Hour, metrics: freeTCPAddr(t)}
 	h.start()
 	res := h.launch("hello", "\n[devgate]\n  idle_timeout = '1s'\n")
 	if len(res.Machines) != DefaultMachines || len(res.IPs) != 1 {
