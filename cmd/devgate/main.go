@@ -81,7 +81,8 @@ func main() {
 
 func run(ctx context.Context, args []string, stdin *os.File, stdout, stderr io.Writer) int {
 	e := &env{stdout: stdout, stderr: stderr, stdin: stdin, dataDir: defaultDataDir(), apiAddr: os.Getenv("DEVGATE_API_ADDR"), apiToken: os.Getenv("DEVGATE_API_TOKEN")}
-	// Global flags may come before the verb: devgate --data-dir D wireguard list.
+	// Global flags may come before the verb: devgate --data-dir D wireguard
+	// list, or devgate --api-addr H:P --api-token T orgs list.
 	for len(args) > 0 && strings.HasPrefix(args[0], "-") {
 		name, val, ok := strings.Cut(strings.TrimLeft(args[0], "-"), "=")
 		if name == "h" || name == "help" {
@@ -99,6 +100,10 @@ func run(ctx context.Context, args []string, stdin *os.File, stdout, stderr io.W
 		switch name {
 		case "data-dir":
 			e.dataDir = val
+		case "api-addr":
+			e.apiAddr = val
+		case "api-token":
+			e.apiToken = val
 		default:
 			fmt.Fprintf(stderr, "devgate: unknown flag --%s before the command; see `devgate help`\n", name)
 			return 2
@@ -140,7 +145,7 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-10s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\nEvery command takes --data-dir (or DEVGATE_DATA_DIR; default ~/.devgate) and -h.")
+	fmt.Fprintln(w, "\nEvery command takes --data-dir (or DEVGATE_DATA_DIR; default ~/.devgate), --api-addr and --api-token\n(a gateway's TCP API; DEVGATE_API_ADDR, DEVGATE_API_TOKEN) and -h.")
 }
 
 func defaultDataDir() string {
@@ -159,8 +164,8 @@ func flags(e *env, name string) *flag.FlagSet {
 	fs := flag.NewFlagSet("devgate "+name, flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	fs.StringVar(&e.dataDir, "data-dir", e.dataDir, "the gateway's data dir (env DEVGATE_DATA_DIR)")
-	fs.StringVar(&e.apiAddr, "api-addr", e.apiAddr, "a remote gateway's API address (env DEVGATE_API_ADDR)")
-	fs.StringVar(&e.apiToken, "api-token", e.apiToken, "the remote gateway's API token (env DEVGATE_API_TOKEN)")
+	fs.StringVar(&e.apiAddr, "api-addr", e.apiAddr, "the API's TCP address: serve listens there, other commands connect to it (env DEVGATE_API_ADDR)")
+	fs.StringVar(&e.apiToken, "api-token", e.apiToken, "the bearer token for the TCP API (env DEVGATE_API_TOKEN)")
 	return fs
 }
 

@@ -6,6 +6,7 @@ import (
 	"image"
 	"image/color"
 	"image/png"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -209,5 +210,31 @@ func TestDemo(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// TestRemoteAPI drives a gateway over its TCP API, as a remote CLI does.
+func TestRemoteAPI(t *testing.T) {
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	g, err := gateway.Start(ctx, gateway.Config{DataDir: dir, RandomPort: true, UpstreamDNS: []string{}, UAPIPath: filepath.Join(dir, "wg.sock"), APIAddr: addr, APIToken: "s3cret-token"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	elsewhere := t.TempDir() // no socket here: only TCP can reach the gateway
+	if code, out, errs := cli(t, elsewhere, "--api-addr", addr, "--api-token", "s3cret-token", "orgs", "list"); code != 0 || !strings.Contains(out, "personal") {
+		t.Errorf("orgs list over TCP: %d %q %q", code, out, errs)
+	}
+	code, _, errs := cli(t, elsewhere, "--api-addr", addr, "--api-token", "wrong", "orgs", "list")
+	if code == 0 || !strings.Contains(errs, "--api-token") || strings.Contains(errs, "s3cret") {
+		t.Errorf("wrong token: %d %q; want a refusal that names --api-token and not the token", code, errs)
 	}
 }

@@ -22,7 +22,6 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		upstream = fs.String("upstream-dns", "", "comma-separated resolvers (host:port) for public names (default: /etc/resolv.conf)")
 		idle     = fs.Duration("idle-timeout", 0, "how long a machine may be idle before it is stopped, e.g. 5s or 5m (default 5m)")
 		metrics  = fs.String("metrics-addr", "", "serve Prometheus /metrics on this TCP address")
-		apiTCP   = fs.String("api-listen", "", "also serve the API on this TCP address (needs --api-token or DEVGATE_API_TOKEN)")
 		iface    = fs.String("wg-interface", "devgate0", "name of the UAPI socket, for `wg show NAME` (in /var/run/wireguard when root, else in the data dir)")
 	)
 	if _, err := parse(fs, args, 0); err != nil {
@@ -47,7 +46,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	logger := log.New(e.stderr, "", log.LstdFlags)
 	cfg := gateway.Config{
 		DataDir: e.dataDir, ListenPort: *port, Endpoint: *endpoint, Region: *region, NATSURL: *natsURL,
-		UpstreamDNS: ups, IdleTimeout: *idle, MetricsAddr: *metrics, APIAddr: *apiTCP, APIToken: e.apiToken,
+		UpstreamDNS: ups, IdleTimeout: *idle, MetricsAddr: *metrics, APIAddr: e.apiAddr, APIToken: e.apiToken,
 		UAPIPath: uapiPath(e.dataDir, *iface), Version: version, Logf: logger.Printf,
 	}
 	g, err := gateway.Start(ctx, cfg)
