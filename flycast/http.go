@@ -48,6 +48,16 @@ type flowConn struct {
 	// reports its failure rather than quietly trying another machine.
 	// Only the http server's goroutine for this conn touches it.
 	wake *wakeOp
+	// frames follows the requests' framing (see framing.go).
+	frames framing
+}
+
+func (c *flowConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.frames.feed(b[:n])
+	}
+	return n, err
 }
 
 func (c *flowConn) Close() error {
@@ -163,6 +173,14 @@ func (p *Proxy) serveHTTP(rw http.ResponseWriter, req *http.Request) {
 	fc, ok := req.Context().Value(connKey{}).(*flowConn)
 	if !ok {
 		http.Error(rw, "no route", http.StatusMisdirectedRequest)
+		return
+	}
+	if fc.frames.conflict() {
+		// Both framings in one request: the classic request-smuggling
+		// shape. Refuse it and drop the connection, whose next bytes
+		// cannot be trusted to start a request.
+		rw.Header().Set("Connection", "close")
+		http.Error(rw, "request has both Content-Length and Transfer-Encoding; send only one", http.StatusBadRequest)
 		return
 	}
 	// Handlers are waited for by Close: net/http does not wait for them.
