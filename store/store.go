@@ -162,6 +162,11 @@ func (s *Store) fail(ctx context.Context, what string, err error) error {
 	if unreachable(err) {
 		return fmt.Errorf("%s: %w (%v); check that NATS is running and reachable", what, ErrUnavailable, err)
 	}
+	if errors.Is(err, jetstream.ErrInvalidKey) {
+		// A lookup by a name that ValidateName would refuse: the caller's
+		// mistake, not the store's.
+		return fmt.Errorf("%w name in %q: use lowercase letters, digits and hyphens", ErrInvalid, what)
+	}
 	return fmt.Errorf("%s: %w", what, err)
 }
 
