@@ -49,9 +49,15 @@ func (c control) PeerStats() (map[string]api.PeerStat, error) {
 }
 
 func (c control) CheckConfig(filename string, config []byte) ([]string, error) {
+	_, warns, err := checkConfig(filename, config)
+	return warns, err
+}
+
+// checkConfig parses a fly.toml once for both its warnings and its use.
+func checkConfig(filename string, config []byte) (*appconfig.Config, []string, error) {
 	cfg, warns, err := appconfig.Parse(filename, config)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+		return nil, nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
 	}
 	out := make([]string, 0, len(warns))
 	for _, w := range warns {
@@ -60,16 +66,15 @@ func (c control) CheckConfig(filename string, config []byte) ([]string, error) {
 	if len(cfg.Services()) == 0 {
 		out = append(out, filename+": no [http_service] or [[services]]: nothing will be reachable on the Flycast address")
 	}
-	return out, nil
+	return cfg, out, nil
 }
 
 func (c control) Deploy(ctx context.Context, name string, req api.DeployRequest) (api.DeployResponse, error) {
 	st := c.g.store
-	warns, err := c.CheckConfig("fly.toml", req.Config)
+	cfg, warns, err := checkConfig("fly.toml", req.Config)
 	if err != nil {
 		return api.DeployResponse{}, err
 	}
-	cfg, _, _ := appconfig.Parse("fly.toml", req.Config)
 	if cfg.App != "" && cfg.App != name {
 		return api.DeployResponse{}, api.Invalidf("fly.toml is for app %q, not %q; deploy from that app's directory or pass -a %s", cfg.App, name, cfg.App)
 	}
