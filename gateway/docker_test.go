@@ -350,8 +350,11 @@ func TestDockerAdoptionAndRestart(t *testing.T) {
 		t.Errorf("wake of the adopted container after restart: %s %q", resp.Status, body)
 	}
 
-	// Removed elsewhere (compose down): the machine goes too.
-	if _, err := cli.ContainerRemove(ctx, cid, client.ContainerRemoveOptions{Force: true}); err != nil {
+	// Removed elsewhere (compose down): the machine goes too. Its own
+	// deadline: the requests above may have used up the inspect's.
+	rmCtx, rmCancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer rmCancel()
+	if _, err := cli.ContainerRemove(rmCtx, cid, client.ContainerRemoveOptions{Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, "the machine of a removed container deleted", func() bool {
