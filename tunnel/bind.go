@@ -92,3 +92,34 @@ func (b *addrBind) ParseEndpoint(s string) (conn.Endpoint, error) {
 
 func (b *addrBind) SetMark(uint32) error { return nil }
 func (b *addrBind) BatchSize() int       { return 1 }
+
+// gsoLimit bounds the bytes of one Send call to gsoBind's inner bind. Linux
+// gives up on UDP segmentation offload for an skb of 64 KiB or more counting
+// its link-layer header (gso_max_size, 65,536 on veth and most NICs) and cuts
+// it into single datagrams in software before the device. wireguard-go
+// coalesces datagrams up to 65,507 bytes of UDP payload, so the limit leaves
+// room for Ethernet, a VLAN tag, IPv6 and UDP (14+4+40+8 bytes).
+const gsoLimit = 1<<16 - 1 - 14 - 4 - 40 - 8
+
+// gsoBind splits each Send into calls of at most gsoLimit bytes, so that
+// every UDP GSO message wireguard-go builds leaves the host whole. It
+// matters for the netstack's packets: gVisor reserves TCP option room for
+// SACK blocks, so its full segments are 1,392 bytes (1,424 once sealed), 46
+// of which make a 65,504-byte message that the kernel then segments in
+// software; wireguard-go on a kernel TUN sends 1,452-byte datagrams, 45 per
+// message, and never meets the limit.
+type gsoBind struct{ conn.Bind }
+
+func (b gsoBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	start, n := 0, 0
+	for i, buf := range bufs {
+		if n+len(buf) > gsoLimit && i > start {
+			if err := b.Bind.Send(bufs[start:i], ep); err != nil {
+				return err
+			}
+			start, n = i, 0
+		}
+		n += len(buf)
+	}
+	return b.Bind.Send(bufs[start:], ep)
+}

@@ -79,7 +79,7 @@ func New(cfg Config) (*Tunnel, error) {
 		logf = func(string, ...any) {}
 	}
 	t := &Tunnel{logf: logf, peers: make(map[wgtypes.Key][]netip.Prefix), uapiSem: make(chan struct{}, maxUAPIConns), conns: make(map[net.Conn]struct{})}
-	bind := conn.NewDefaultBind()
+	var bind conn.Bind = gsoBind{conn.NewDefaultBind()}
 	if cfg.ListenAddr.IsValid() {
 		bind = &addrBind{addr: cfg.ListenAddr.Unmap()}
 	}
