@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -8,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -189,10 +189,17 @@ func (t *Tunnel) SetPeers(ps []Peer) error {
 		})
 		want[p.PublicKey] = a
 	}
-	var b strings.Builder
+	// The UAPI text is appended into one buffer sized up front (about
+	// 1.5 MB for 10,000 new peers) rather than printed through fmt into a
+	// growing builder: that cut SetPeers' own allocation from 1.2 KB to
+	// 0.3 KB per peer (alloc_space, BenchmarkIdlePeers10k). It is no lever
+	// on memory or start time, though: wireguard-go allocates ~30 KB per
+	// peer and spends the start on two X25519 operations per peer.
+	b := make([]byte, 0, uapiLen(t.peers, want))
 	for k := range t.peers {
 		if _, ok := want[k]; !ok {
-			fmt.Fprintf(&b, "public_key=%s\nremove=true\n", hex.EncodeToString(k[:]))
+			b = appendKeyLine(b, k)
+			b = append(b, "remove=true\n"...)
 		}
 	}
 	for k, a := range want {
@@ -200,23 +207,50 @@ func (t *Tunnel) SetPeers(ps []Peer) error {
 		if ok && slices.Equal(old, a) {
 			continue
 		}
-		fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(k[:]))
+		b = appendKeyLine(b, k)
 		if ok {
-			b.WriteString("update_only=true\n")
+			b = append(b, "update_only=true\n"...)
 		}
-		b.WriteString("replace_allowed_ips=true\n")
+		b = append(b, "replace_allowed_ips=true\n"...)
 		for _, p := range a {
-			fmt.Fprintf(&b, "allowed_ip=%s\n", p)
+			b = append(b, "allowed_ip="...)
+			b = p.AppendTo(b)
+			b = append(b, '\n')
 		}
 	}
-	if b.Len() == 0 {
+	if len(b) == 0 {
 		return nil
 	}
-	if err := t.dev.IpcSet(b.String()); err != nil {
+	if err := t.dev.IpcSetOperation(bytes.NewReader(b)); err != nil {
 		return fmt.Errorf("set wireguard peers: %w", err)
 	}
 	t.peers = want
 	return nil
+}
+
+// Lengths of SetPeers' UAPI lines, for sizing its buffer: a key line, the
+// longest peer lines, and an allowed_ip line with the longest prefix.
+const (
+	uapiKeyLen    = len("public_key=\n") + 2*wgtypes.KeyLen
+	uapiPeerLen   = uapiKeyLen + len("update_only=true\nreplace_allowed_ips=true\n")
+	uapiRemoveLen = uapiKeyLen + len("remove=true\n")
+	uapiPrefixLen = len("allowed_ip=ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128\n")
+)
+
+// uapiLen bounds the length of the UAPI text that moves the device from
+// peers have to want.
+func uapiLen(have, want map[wgtypes.Key][]netip.Prefix) int {
+	n := uapiRemoveLen * len(have)
+	for _, a := range want {
+		n += uapiPeerLen + uapiPrefixLen*len(a)
+	}
+	return n
+}
+
+func appendKeyLine(b []byte, k wgtypes.Key) []byte {
+	b = append(b, "public_key="...)
+	b = hex.AppendEncode(b, k[:])
+	return append(b, '\n')
 }
 
 // Stats returns per-peer state as the device reports it.

@@ -2,14 +2,18 @@ package tunnel
 
 import (
 	"errors"
+	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.zx2c4.com/wireguard/tun/tuntest"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 func TestLoadOrCreateKey(t *testing.T) {
@@ -115,4 +119,69 @@ func FuzzParseIpcGet(f *testing.F) {
 			t.Fatal("peers returned with an error")
 		}
 	})
+}
+
+// TestSetPeersDiff drives a real wireguard-go device through the three kinds
+// of UAPI text SetPeers writes (new peer, changed allowed IPs, removal) and
+// checks the device's peers and that uapiLen bounds the text.
+func TestSetPeersDiff(t *testing.T) {
+	tn, err := New(Config{TUN: tuntest.NewChannelTUN().TUN()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tn.Close()
+	key := func() wgtypes.Key {
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k.PublicKey()
+	}
+	a, b := key(), key()
+	pfx := netip.MustParsePrefix
+	check := func(want map[wgtypes.Key][]netip.Prefix) {
+		t.Helper()
+		ps, err := tn.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[wgtypes.Key][]netip.Prefix{}
+		for _, p := range ps {
+			slices.SortFunc(p.AllowedIPs, func(x, y netip.Prefix) int { return strings.Compare(x.String(), y.String()) })
+			got[p.PublicKey] = p.AllowedIPs
+		}
+		if !maps.EqualFunc(got, want, slices.Equal) {
+			t.Fatalf("device peers = %v, want %v", got, want)
+		}
+	}
+	steps := []map[wgtypes.Key][]netip.Prefix{
+		{a: {pfx("fdaa::100/120"), pfx("10.0.0.0/24")}, b: {pfx("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/128")}},
+		{a: {pfx("fdaa::200/120")}, b: {pfx("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/128")}},
+		{a: {pfx("fdaa::200/120")}},
+		{},
+	}
+	for _, want := range steps {
+		var ps []Peer
+		for k, a := range want {
+			ps = append(ps, Peer{PublicKey: k, AllowedIPs: a})
+		}
+		if err := tn.SetPeers(ps); err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range want {
+			slices.SortFunc(a, func(x, y netip.Prefix) int { return strings.Compare(x.String(), y.String()) })
+		}
+		check(want)
+	}
+	// The bound holds for the longest lines: every peer new, with a /128 of
+	// the longest text, and every old peer removed.
+	have := map[wgtypes.Key][]netip.Prefix{a: nil, b: nil}
+	want := map[wgtypes.Key][]netip.Prefix{key(): {pfx("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")}}
+	n := 2 * (uapiKeyLen + len("remove=true\n"))
+	for k, p := range want {
+		n += len(appendKeyLine(nil, k)) + len("update_only=true\nreplace_allowed_ips=true\n") + len("allowed_ip="+p[0].String()+"\n")
+	}
+	if got := uapiLen(have, want); got < n {
+		t.Errorf("uapiLen = %d, want at least %d", got, n)
+	}
 }
