@@ -101,6 +101,10 @@ func (p *Proxy) initHTTP() {
 		DialContext:         (&net.Dialer{Timeout: backendDialTimeout}).DialContext,
 		MaxIdleConnsPerHost: backendIdleConns,
 		IdleConnTimeout:     90 * time.Second,
+		// A proxy passes encodings through: left on, the Transport would
+		// ask the machine for gzip whenever the client did not say, and
+		// inflate the answer itself.
+		DisableCompression: true,
 	}
 	p.rp = p.newReverse()
 	p.httpSrv = &http.Server{
@@ -235,9 +239,10 @@ func (p *Proxy) serveHTTP(rw http.ResponseWriter, req *http.Request) {
 // per request and carried in the request's context.
 func (p *Proxy) newReverse() *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
-		Rewrite:   p.rewrite,
-		Transport: p.transport,
-		ErrorLog:  log.New(logfWriter(p.cfg.Logf), "", 0),
+		Rewrite:    p.rewrite,
+		Transport:  p.transport,
+		BufferPool: spliceBuffers{}, // else every response allocates 32 KiB
+		ErrorLog:   log.New(logfWriter(p.cfg.Logf), "", 0),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			t, _ := r.Context().Value(targetKey{}).(*target)
 			msg := "backend error"
@@ -276,6 +281,12 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	}
 	hd.Set("Via", via)
 }
+
+// spliceBuffers lends the proxy's copy buffers to ReverseProxy.
+type spliceBuffers struct{}
+
+func (spliceBuffers) Get() []byte  { return *bufPool.Get().(*[]byte) }
+func (spliceBuffers) Put(b []byte) { bufPool.Put(&b) }
 
 // requestIDs makes Fly-Request-Id values: a random per-process prefix and a
 // counter, so they are unique without a lock or a syscall per request.

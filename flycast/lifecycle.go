@@ -215,19 +215,29 @@ func (p *Proxy) persist(ms *machineState, id string, fn func(*store.Machine)) {
 	ms.setState(m)
 }
 
+// machineLocked returns machine id for a user's verb ("start", "stop"):
+// ErrClosed once the proxy is closed, ErrUnknownMachine (wrapped) if the
+// current snapshot has no such machine. p.mu must be held.
+func (p *Proxy) machineLocked(verb, id string) (*machineState, error) {
+	if p.closed {
+		return nil, ErrClosed
+	}
+	ms := p.machines[id]
+	if ms == nil {
+		return nil, fmt.Errorf("%s machine %s: %w", verb, id, ErrUnknownMachine)
+	}
+	return ms, nil
+}
+
 // StartMachine starts a machine through the same path as a wake and waits
 // until it accepts connections, or ctx ends. Starting a started machine is a
 // no-op.
 func (p *Proxy) StartMachine(ctx context.Context, id string) error {
 	p.mu.Lock()
-	if p.closed {
+	ms, err := p.machineLocked("start", id)
+	if err != nil {
 		p.mu.Unlock()
-		return ErrClosed
-	}
-	ms := p.machines[id]
-	if ms == nil {
-		p.mu.Unlock()
-		return fmt.Errorf("start machine %s: %w", id, ErrUnknownMachine)
+		return err
 	}
 	if ms.isStarted() {
 		p.mu.Unlock()
@@ -255,14 +265,10 @@ func (p *Proxy) StartMachine(ctx context.Context, id string) error {
 func (p *Proxy) StopMachine(ctx context.Context, id string) error {
 	for attempt := 0; attempt < maxAcquireAttempts; attempt++ {
 		p.mu.Lock()
-		if p.closed {
+		ms, err := p.machineLocked("stop", id)
+		if err != nil {
 			p.mu.Unlock()
-			return ErrClosed
-		}
-		ms := p.machines[id]
-		if ms == nil {
-			p.mu.Unlock()
-			return fmt.Errorf("stop machine %s: %w", id, ErrUnknownMachine)
+			return err
 		}
 		wait := ms.stopDone
 		if ms.wake != nil {

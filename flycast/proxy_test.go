@@ -451,6 +451,12 @@ func TestFlyHeaders(t *testing.T) {
 	if id1 == "" || id1 == id2 {
 		t.Errorf("Fly-Request-Id %q then %q, want unique", id1, id2)
 	}
+	// Encodings pass through: a client that asks for none must not have
+	// the proxy ask the machine for gzip on its behalf.
+	c.Transport.(*http.Transport).DisableCompression = true
+	if ae, ok := hdrs()["Accept-Encoding"]; ok {
+		t.Errorf("machine got Accept-Encoding %q from a client that sent none", ae)
+	}
 }
 
 func TestForceHTTPS(t *testing.T) {
