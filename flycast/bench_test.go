@@ -1,9 +1,11 @@
 package flycast
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"sort"
 	"strconv"
@@ -108,4 +110,43 @@ func BenchmarkRouteTCP(b *testing.B) {
 			b.Fatal("no route")
 		}
 	}
+}
+
+// BenchmarkHTTPRequest is keep-alive GETs through the http handler to a
+// started machine and its 13-byte answer, over loopback, from 16
+// connections at once: the proxy's CPU per request without the tunnel
+// (the machine's server and the clients run in the same process).
+func BenchmarkHTTPRequest(b *testing.B) {
+	e := newEnv(b, envOpts{started: []string{"m1"}})
+	req := []byte("GET / HTTP/1.1\r\nHost: hello.flycast\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n")
+	want := "hello from m1"
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		c, err := e.dial(netip.AddrPortFrom(testFlycast, 80))
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close()
+		br := bufio.NewReader(c)
+		buf := make([]byte, len(want))
+		for pb.Next() {
+			if _, err := c.Write(req); err != nil {
+				b.Error(err)
+				return
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != want {
+				b.Errorf("answer %q, %v", buf, err)
+				return
+			}
+			resp.Body.Close()
+		}
+	})
 }

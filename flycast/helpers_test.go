@@ -184,6 +184,10 @@ func (d *testDriver) httpHandler(id string) http.Handler {
 			sort.Strings(lines)
 			fmt.Fprintln(w, strings.Join(lines, "\n"))
 			return
+		default:
+			if testEndpoint(w, r) {
+				return
+			}
 		}
 		fmt.Fprintf(w, "hello from %s", id)
 	})

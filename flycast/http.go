@@ -31,6 +31,9 @@ const (
 	httpMaxBodyBytes = 256 << 20
 	// backendIdleConns bounds pooled keep-alive connections per machine.
 	backendIdleConns = 64
+	// backendIdleTimeout retires pooled backend connections unused this
+	// long (when next looked at: a machine's stop closes its pool anyway).
+	backendIdleTimeout = 90 * time.Second
 )
 
 type connKey struct{}
@@ -97,10 +100,11 @@ func (f logfWriter) Write(b []byte) (int, error) {
 
 func (p *Proxy) initHTTP() {
 	p.httpLn = &connListener{ch: make(chan net.Conn), done: make(chan struct{})}
+	p.httpConns = make(map[*httpConn]struct{})
 	p.transport = &http.Transport{
 		DialContext:         (&net.Dialer{Timeout: backendDialTimeout}).DialContext,
 		MaxIdleConnsPerHost: backendIdleConns,
-		IdleConnTimeout:     90 * time.Second,
+		IdleConnTimeout:     backendIdleTimeout,
 		// A proxy passes encodings through: left on, the Transport would
 		// ask the machine for gzip whenever the client did not say, and
 		// inflate the answer itself.
@@ -115,14 +119,18 @@ func (p *Proxy) initHTTP() {
 		ErrorLog:          log.New(logfWriter(p.cfg.Logf), "", 0),
 		BaseContext:       func(net.Listener) context.Context { return p.ctx },
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if rc, ok := c.(*replayConn); ok {
+				c = rc.flowConn // handed off by the fast path
+			}
 			return context.WithValue(ctx, connKey{}, c)
 		},
 	}
 }
 
 // serveHTTPConn starts a wake at SYN time if needed, completes the
-// handshake and hands the conn to the http server, which balances each
-// request on its own.
+// handshake and serves the conn on the fast path (forward.go), or, for a
+// force_https port, hands it to the net/http server. Each request is
+// balanced on its own.
 func (p *Proxy) serveHTTPConn(h *portHandler, r netstack.TCPRequest) {
 	var wake *wakeOp
 	if !h.forceHTTPS { // a redirect needs no machine
@@ -135,6 +143,10 @@ func (p *Proxy) serveHTTPConn(h *portHandler, r netstack.TCPRequest) {
 	}
 	fc := &flowConn{Conn: c, h: h, p: p, src: r.Src().Addr().Unmap().String(),
 		dst: r.Dst().String(), port: int(r.Dst().Port()), wake: wake}
+	if !h.forceHTTPS {
+		p.serveFast(fc)
+		return
+	}
 	select {
 	case p.httpLn.ch <- fc:
 	case <-p.httpLn.done:
@@ -184,7 +196,7 @@ func (p *Proxy) serveHTTP(rw http.ResponseWriter, req *http.Request) {
 		// shape. Refuse it and drop the connection, whose next bytes
 		// cannot be trusted to start a request.
 		rw.Header().Set("Connection", "close")
-		http.Error(rw, "request has both Content-Length and Transfer-Encoding; send only one", http.StatusBadRequest)
+		http.Error(rw, conflictMsg, http.StatusBadRequest)
 		return
 	}
 	// Handlers are waited for by Close: net/http does not wait for them.

@@ -13,6 +13,7 @@ type metrics struct {
 	requests    *prometheus.CounterVec
 	queueDepth  *prometheus.GaugeVec
 	refused     *prometheus.CounterVec
+	handOffs    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -37,9 +38,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "devgate_refused_total", Help: "Connections and requests refused, by app and reason.",
 		}, []string{"app", "reason"}),
+		handOffs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devgate_http_handoffs_total",
+			Help: "HTTP connections the fast path handed to net/http: HTTP/1.0, Upgrade, Expect, CONNECT, or a request it refuses.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.wakes, m.wakeSeconds, m.connections, m.requests, m.queueDepth, m.refused} {
+		for _, c := range []prometheus.Collector{m.wakes, m.wakeSeconds, m.connections, m.requests, m.queueDepth, m.refused, m.handOffs} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -50,6 +50,7 @@ type Proxy struct {
 	direct    *directHandler
 	httpSrv   *http.Server
 	httpLn    *connListener
+	httpConns map[*httpConn]struct{} // on the fast path, closed by Close
 	transport *http.Transport
 	rp        *httputil.ReverseProxy
 	reqIDs    requestIDs
@@ -146,6 +147,9 @@ func (p *Proxy) Close() error {
 	p.closed = true
 	for _, ms := range p.machines {
 		ms.closeConnsLocked()
+	}
+	for hc := range p.httpConns {
+		hc.closeLocked()
 	}
 	p.mu.Unlock()
 	p.cancel()

@@ -36,6 +36,9 @@ type machineState struct {
 	// conns are backend connections of open splices, closed when the
 	// machine exits or stops so that the clients see their connection end.
 	conns map[net.Conn]struct{}
+	// idle are the http fast path's keep-alive connections, newest last;
+	// each is in conns too, so that a stop closes it.
+	idle []*backConn
 }
 
 // wakeOp is one start of one machine. err is set before done is closed.
@@ -88,6 +91,8 @@ func (ms *machineState) closeConnsLocked() {
 		c.Close()
 	}
 	ms.conns = nil
+	clear(ms.idle)
+	ms.idle = ms.idle[:0]
 }
 
 func (p *Proxy) appStateLocked(app string) *appState {

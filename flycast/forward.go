@@ -1,0 +1,589 @@
+package flycast
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// The http handler's fast path: one goroutine per client connection reads
+// each HTTP/1.1 request, forwards it on a pooled backend connection and
+// relays the response, with no channels or helper goroutines in between.
+// net/http's server and ReverseProxy cost about two thirds of the gateway's
+// CPU per request (a background read, a context, and the Transport's read
+// and write loops per request); this path answers the ordinary requests
+// that are nearly all of the traffic.
+//
+// Anything else is handed, with the bytes read so far, to the net/http
+// server, which serves the rest of the connection as before: HTTP/1.0,
+// Upgrade (WebSocket), Expect: 100-continue, CONNECT, announced request
+// trailers, bodies over the limit, and every request net/http would refuse
+// (it re-reads it and answers 400, 431 or 501 itself), so the two paths
+// never differ in what they refuse.
+
+// httpConn is one client connection on the fast path.
+type httpConn struct {
+	p    *Proxy
+	fc   *flowConn
+	rec  recorder
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	back atomic.Pointer[backConn] // the request in flight, for Close
+}
+
+// recorder is the reader under an httpConn's bufio.Reader. While a header
+// is read it keeps a copy of the bytes (for a hand-off to net/http) and
+// bounds them as net/http does: MaxHeaderBytes plus its 4 KiB read slack.
+type recorder struct {
+	c      net.Conn
+	on     bool
+	buf    []byte
+	remain int // bytes the header may still read; -1: no bound
+}
+
+var errHeaderTooLarge = errors.New("request header too large")
+
+func (r *recorder) Read(b []byte) (int, error) {
+	if r.remain >= 0 {
+		if r.remain == 0 {
+			return 0, errHeaderTooLarge
+		}
+		b = b[:min(len(b), r.remain)]
+	}
+	n, err := r.c.Read(b)
+	if r.remain >= 0 {
+		r.remain -= n
+	}
+	if r.on {
+		r.buf = append(r.buf, b[:n]...)
+	}
+	return n, err
+}
+
+// replayConn is a client connection handed to the net/http server: it
+// reads the bytes the fast path had read first.
+type replayConn struct {
+	*flowConn
+	pending []byte
+}
+
+func (c *replayConn) Read(b []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(b, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.flowConn.Read(b)
+}
+
+const (
+	// httpBufSize is the size of each connection's read and write buffers.
+	httpBufSize = 4 << 10
+	// maxInformational bounds the 1xx responses relayed before the final one.
+	maxInformational = 8
+	// conflictMsg answers a request with both Content-Length and
+	// Transfer-Encoding.
+	conflictMsg = "request has both Content-Length and Transfer-Encoding; send only one"
+)
+
+// serveFast serves a client connection until it ends or is handed off.
+func (p *Proxy) serveFast(fc *flowConn) {
+	hc := &httpConn{p: p, fc: fc}
+	hc.rec = recorder{c: fc, remain: -1}
+	hc.br = bufio.NewReaderSize(&hc.rec, httpBufSize)
+	hc.bw = bufio.NewWriterSize(fc, httpBufSize)
+	if !p.trackHTTP(hc, true) {
+		fc.Close()
+		return
+	}
+	for {
+		keep, handOff := hc.serveOne()
+		if handOff {
+			p.trackHTTP(hc, false)
+			p.handOff(fc, hc.rec.buf)
+			return
+		}
+		if !keep {
+			p.trackHTTP(hc, false)
+			fc.Close()
+			return
+		}
+	}
+}
+
+// trackHTTP adds (or removes) a fast-path connection to those Close
+// closes. Adding fails once the proxy is closed.
+func (p *Proxy) trackHTTP(hc *httpConn, add bool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !add {
+		delete(p.httpConns, hc)
+		return true
+	}
+	if p.closed {
+		return false
+	}
+	p.httpConns[hc] = struct{}{}
+	return true
+}
+
+// closeLocked ends the connection and its request in flight (Close).
+func (hc *httpConn) closeLocked() {
+	hc.fc.Close()
+	if b := hc.back.Load(); b != nil {
+		b.Close()
+	}
+}
+
+// handOff gives the connection to the net/http server, which reads
+// pending (the current request, and whatever followed it) first.
+func (p *Proxy) handOff(fc *flowConn, pending []byte) {
+	p.met.handOffs.Inc()
+	fc.SetReadDeadline(time.Time{})
+	rc := &replayConn{flowConn: fc, pending: pending}
+	select {
+	case p.httpLn.ch <- rc:
+	case <-p.httpLn.done:
+		fc.Close()
+	}
+}
+
+// serveOne serves one request. keep reports whether the connection may
+// carry another; handOff that net/http must serve this request and the
+// rest (hc.rec.buf holds its bytes).
+func (hc *httpConn) serveOne() (keep, handOff bool) {
+	p, fc := hc.p, hc.fc
+	if hc.br.Buffered() == 0 {
+		fc.SetReadDeadline(time.Now().Add(httpIdleTimeout))
+		if _, err := hc.br.Peek(1); err != nil {
+			return false, false // closed, reset or idle too long
+		}
+	}
+	ahead, _ := hc.br.Peek(hc.br.Buffered())
+	if !bytes.Contains(ahead, []byte("\r\n\r\n")) {
+		fc.SetReadDeadline(time.Now().Add(httpReadHeaderTimeout))
+	}
+	hc.rec.buf = append(hc.rec.buf[:0], ahead...)
+	hc.rec.on, hc.rec.remain = true, httpMaxHeaderBytes+httpBufSize-len(ahead)
+	req, err := http.ReadRequest(hc.br)
+	hc.rec.on, hc.rec.remain = false, -1
+	if err == nil && cap(hc.rec.buf) > httpBufSize {
+		hc.rec.buf = nil // a large header's copy is not kept while idle
+	}
+	if err != nil {
+		var ne net.Error
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.As(err, &ne) && ne.Timeout() {
+			return false, false // net/http, too, closes without an answer
+		}
+		return false, true // net/http answers it as it always has
+	}
+	if !ordinary(req) {
+		return false, true
+	}
+	if fc.frames.conflict() {
+		// Both framings in one request: the classic request-smuggling
+		// shape. Refuse it and drop the connection, whose next bytes
+		// cannot be trusted to start a request.
+		hc.writeError(http.StatusBadRequest, conflictMsg, true)
+		return false, false
+	}
+	hasBody := req.ContentLength != 0
+	// Handlers are waited for by Close.
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		hc.writeError(http.StatusServiceUnavailable, ErrClosed.Error(), true)
+		return false, false
+	}
+	p.handlers.Add(1)
+	p.mu.Unlock()
+	defer p.handlers.Done()
+	h := fc.h
+	if w := fc.wake; w != nil {
+		fc.wake = nil
+		select {
+		case <-w.done:
+			err = w.err
+		case <-p.ctx.Done():
+			err = ErrClosed
+		}
+	}
+	var ms *machineState
+	var addr string
+	if err == nil {
+		ms, addr, err = p.acquireBackend(p.ctx, h.app, h.svc)
+	}
+	if err != nil {
+		p.met.refused.WithLabelValues(h.app.Name, refuseReason(err)).Inc()
+		// An unread body leaves the connection unusable.
+		hc.writeError(http.StatusServiceUnavailable, err.Error(), hasBody || req.Close)
+		return !hasBody && !req.Close, false
+	}
+	defer p.release(ms, h.app.Name)
+	if hasBody {
+		// A body may take long. The idle bound is set again before the
+		// next request is waited for.
+		fc.SetReadDeadline(time.Time{})
+	}
+	t := &target{addr: addr, fc: fc, id: p.reqIDs.next(p.cfg.Region), machine: ms.id}
+	code, keep := hc.forward(req, ms, t)
+	ms.touch()
+	p.met.requests.WithLabelValues(h.app.Name, ms.id, strconv.Itoa(code)).Inc()
+	return keep && !req.Close, false
+}
+
+// ordinary reports whether the fast path serves req: everything net/http
+// would refuse, and every feature only ReverseProxy handles, goes to them.
+func ordinary(req *http.Request) bool {
+	if req.ProtoMajor != 1 || req.ProtoMinor != 1 || req.Method == http.MethodConnect {
+		return false
+	}
+	if req.ContentLength > httpMaxBodyBytes {
+		return false
+	}
+	hd := req.Header
+	if len(hd["Upgrade"]) > 0 || len(hd["Expect"]) > 0 || len(hd["Trailer"]) > 0 {
+		return false
+	}
+	// The checks net/http's server makes before calling a handler.
+	// ReadRequest has taken Host out of the header: in origin form (not
+	// "GET http://host/"), req.Host is the one Host field's value.
+	if req.URL.Host != "" || req.Host == "" || !httpguts.ValidHostHeader(req.Host) {
+		return false
+	}
+	for k, vs := range hd {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return false
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// forward sends req to the machine and its answer to the client. It
+// returns the status the client got and whether the client connection is
+// still in step (both messages complete).
+func (hc *httpConn) forward(req *http.Request, ms *machineState, t *target) (code int, keep bool) {
+	p := hc.p
+	var body io.Reader = req.Body
+	if req.ContentLength < 0 { // chunked: bound what it may send
+		body = &maxBodyReader{r: body, n: httpMaxBodyBytes}
+	}
+	var resp *http.Response
+	var bc *backConn
+	var err error
+	replay := replayable(req)
+	for attempt := 0; ; attempt++ {
+		var reused bool
+		bc, reused, err = p.backConn(ms, t.addr, !replay)
+		if err != nil {
+			break
+		}
+		hc.back.Store(bc)
+		err = writeRequest(bc.bw, req, body, t, p.cfg.Region)
+		if err == nil {
+			// The first byte apart: ReadResponse reports an end of file
+			// before it as unexpected, like one after.
+			_, err = bc.br.Peek(1)
+		}
+		if err == nil {
+			resp, err = http.ReadResponse(bc.br, req)
+		}
+		if err == nil {
+			break
+		}
+		hc.back.Store(nil)
+		p.dropBackConn(ms, bc)
+		// A pooled connection the machine had closed: try a fresh one,
+		// once, if the request may be sent twice.
+		if !reused || !replay || attempt > 0 || !staleConnErr(err) {
+			break
+		}
+	}
+	if err != nil {
+		var tooBig *maxBodyReader
+		if errors.As(err, &tooBig) {
+			hc.writeError(http.StatusRequestEntityTooLarge, err.Error(), true)
+			return http.StatusRequestEntityTooLarge, false
+		}
+		msg := fmt.Sprintf("app %s machine %s: %v", t.fc.h.app.Name, t.machine, err)
+		p.cfg.Logf("flycast: %s", msg)
+		hc.writeError(http.StatusBadGateway, msg, true)
+		return http.StatusBadGateway, false
+	}
+	defer hc.back.Store(nil)
+	for n := 0; resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols && n < maxInformational; n++ {
+		writeHead(hc.bw, resp, false)
+		if err = hc.bw.Flush(); err == nil {
+			resp, err = http.ReadResponse(bc.br, req)
+		}
+		if err != nil {
+			p.dropBackConn(ms, bc)
+			return http.StatusBadGateway, false
+		}
+	}
+	if resp.StatusCode < 200 { // 101 without an Upgrade, or too many 1xx
+		p.dropBackConn(ms, bc)
+		msg := fmt.Sprintf("app %s machine %s: unexpected %s", t.fc.h.app.Name, t.machine, resp.Status)
+		p.cfg.Logf("flycast: %s", msg)
+		hc.writeError(http.StatusBadGateway, msg, true)
+		return http.StatusBadGateway, false
+	}
+	keep, backOK := hc.relay(resp, bc, req.Close, ms)
+	if backOK && !resp.Close {
+		p.putBackConn(ms, bc)
+	} else {
+		p.dropBackConn(ms, bc)
+	}
+	return resp.StatusCode, keep
+}
+
+// relay writes resp to the client. keep reports whether the client got
+// the whole response; backOK whether the backend connection is at the
+// start of its next response.
+func (hc *httpConn) relay(resp *http.Response, bc *backConn, closeAfter bool, ms *machineState) (keep, backOK bool) {
+	chunked := writeHead(hc.bw, resp, closeAfter)
+	buf := bufPool.Get().(*[]byte)
+	defer bufPool.Put(buf)
+	var sent int64
+	for {
+		n, rerr := resp.Body.Read(*buf)
+		if n > 0 {
+			var werr error
+			if chunked {
+				werr = writeChunk(hc.bw, (*buf)[:n])
+			} else {
+				_, werr = hc.bw.Write((*buf)[:n])
+			}
+			sent += int64(n)
+			// Flush when the machine has nothing more ready, so that a
+			// stream reaches the client as it comes and a small answer
+			// leaves in one write.
+			done := resp.ContentLength >= 0 && sent >= resp.ContentLength
+			if werr == nil && bc.br.Buffered() == 0 && !done {
+				ms.touch()
+				werr = hc.bw.Flush()
+			}
+			if werr != nil {
+				resp.Body.Close()
+				return false, false
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			// The response is cut short; so must the client's be.
+			hc.p.cfg.Logf("flycast: app %s machine %s: response body: %v", hc.fc.h.app.Name, ms.id, rerr)
+			return false, false
+		}
+	}
+	if chunked {
+		hc.bw.WriteString("0\r\n")
+		writeFields(hc.bw, resp.Trailer, nil)
+		hc.bw.WriteString("\r\n")
+	}
+	return hc.bw.Flush() == nil, true
+}
+
+// writeError answers with a short text error, as http.Error does.
+func (hc *httpConn) writeError(code int, msg string, closeAfter bool) {
+	bw := hc.bw
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(strconv.Itoa(code))
+	bw.WriteByte(' ')
+	bw.WriteString(http.StatusText(code))
+	bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nContent-Length: ")
+	bw.WriteString(strconv.Itoa(len(msg) + 1))
+	if closeAfter {
+		bw.WriteString("\r\nConnection: close")
+	}
+	bw.WriteString("\r\n\r\n")
+	bw.WriteString(msg)
+	bw.WriteByte('\n')
+	bw.Flush()
+}
+
+// writeRequest writes req, with Fly's headers and without hop-by-hop ones,
+// and its body, and flushes.
+func writeRequest(bw *bufio.Writer, req *http.Request, body io.Reader, t *target, region string) error {
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(req.URL.RequestURI())
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(req.Host)
+	bw.WriteString("\r\n")
+	writeFields(bw, req.Header, func(k string) bool { return ownRequestHeader[k] })
+	field(bw, "Fly-Forwarded-Port", strconv.Itoa(t.fc.port))
+	field(bw, "Fly-Region", region)
+	field(bw, "Fly-Request-Id", t.id)
+	bw.WriteString("X-Forwarded-For: ")
+	for _, v := range req.Header["X-Forwarded-For"] {
+		bw.WriteString(v)
+		bw.WriteString(", ")
+	}
+	bw.WriteString(t.fc.src)
+	bw.WriteString("\r\nX-Forwarded-Proto: http\r\nVia: ")
+	for _, v := range req.Header["Via"] {
+		bw.WriteString(v)
+		bw.WriteString(", ")
+	}
+	bw.WriteString("1.1 devgate\r\n")
+	switch {
+	case req.ContentLength < 0:
+		bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
+		buf := bufPool.Get().(*[]byte)
+		defer bufPool.Put(buf)
+		for {
+			n, err := body.Read(*buf)
+			if n > 0 {
+				if err := writeChunk(bw, (*buf)[:n]); err != nil {
+					return err
+				}
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return err
+			}
+		}
+		bw.WriteString("0\r\n\r\n")
+	case req.ContentLength > 0 || len(req.Header["Content-Length"]) > 0:
+		field(bw, "Content-Length", strconv.FormatInt(req.ContentLength, 10))
+		bw.WriteString("\r\n")
+		if _, err := io.Copy(bw, body); err != nil {
+			return err
+		}
+	default:
+		bw.WriteString("\r\n")
+	}
+	return bw.Flush()
+}
+
+// writeHead writes resp's status line and end-to-end headers, and the
+// framing the client gets: resp's length if known, else chunked, which it
+// reports.
+func writeHead(bw *bufio.Writer, resp *http.Response, closeAfter bool) (chunked bool) {
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(resp.Status)
+	bw.WriteString("\r\n")
+	bodyless := resp.StatusCode < 200 || resp.StatusCode == http.StatusNoContent ||
+		resp.StatusCode == http.StatusNotModified || resp.Request.Method == http.MethodHead
+	writeFields(bw, resp.Header, func(k string) bool {
+		return hopByHop[k] && k != "Trailer" || !bodyless && k == "Content-Length"
+	})
+	switch {
+	case bodyless:
+	case resp.ContentLength >= 0:
+		field(bw, "Content-Length", strconv.FormatInt(resp.ContentLength, 10))
+	default:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		chunked = true
+	}
+	if closeAfter {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	return chunked
+}
+
+// writeFields writes hd's fields but those skip names and those the
+// Connection field names (hop-by-hop by declaration).
+func writeFields(bw *bufio.Writer, hd http.Header, skip func(string) bool) {
+	named := hd["Connection"]
+	for k, vs := range hd {
+		if skip != nil && skip(k) || len(named) > 0 && connectionNames(named, k) {
+			continue
+		}
+		for _, v := range vs {
+			field(bw, k, v)
+		}
+	}
+}
+
+func field(bw *bufio.Writer, k, v string) {
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	bw.WriteString(v)
+	bw.WriteString("\r\n")
+}
+
+func writeChunk(bw *bufio.Writer, b []byte) error {
+	var n [16]byte
+	bw.Write(strconv.AppendInt(n[:0], int64(len(b)), 16))
+	bw.WriteString("\r\n")
+	bw.Write(b)
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+// connectionNames reports whether a Connection field value names k.
+func connectionNames(values []string, k string) bool {
+	for _, v := range values {
+		for _, tok := range strings.Split(v, ",") {
+			if textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(tok)) == k {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hopByHop are the fields that describe one connection, not the message
+// (RFC 9110 7.6.1), as ReverseProxy drops them; framing is rewritten.
+var hopByHop = map[string]bool{
+	"Connection": true, "Proxy-Connection": true, "Keep-Alive": true,
+	"Proxy-Authenticate": true, "Proxy-Authorization": true, "Te": true,
+	"Trailer": true, "Transfer-Encoding": true, "Upgrade": true,
+}
+
+// ownRequestHeader are the request fields a machine gets only as the proxy
+// writes them: hop-by-hop ones, framing, and Fly's, whose client-sent
+// copies are replaced, never trusted.
+var ownRequestHeader = map[string]bool{
+	"Content-Length": true, "X-Forwarded-For": true, "X-Forwarded-Host": true,
+	"X-Forwarded-Proto": true, "Via": true, "Fly-Forwarded-Port": true,
+	"Fly-Region": true, "Fly-Request-Id": true,
+}
+
+func init() {
+	for k := range hopByHop {
+		ownRequestHeader[k] = true
+	}
+}
+
+// maxBodyReader ends a chunked request body that goes over its bound.
+type maxBodyReader struct {
+	r io.Reader
+	n int64
+}
+
+func (m *maxBodyReader) Read(b []byte) (int, error) {
+	if m.n <= 0 {
+		return 0, m
+	}
+	n, err := m.r.Read(b[:min(int64(len(b)), m.n)])
+	m.n -= int64(n)
+	return n, err
+}
+
+func (m *maxBodyReader) Error() string {
+	return fmt.Sprintf("request body over %d bytes", int64(httpMaxBodyBytes))
+}
