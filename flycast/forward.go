@@ -104,39 +104,38 @@ func (p *Proxy) serveFast(fc *flowConn) {
 	hc.rec = recorder{c: fc, remain: -1}
 	hc.br = bufio.NewReaderSize(&hc.rec, httpBufSize)
 	hc.bw = bufio.NewWriterSize(fc, httpBufSize)
-	if !p.trackHTTP(hc, true) {
+	if !p.trackHTTP(hc) {
 		fc.Close()
 		return
 	}
-	for {
-		keep, handOff := hc.serveOne()
-		if handOff {
-			p.trackHTTP(hc, false)
-			p.handOff(fc, hc.rec.buf)
-			return
-		}
-		if !keep {
-			p.trackHTTP(hc, false)
-			fc.Close()
-			return
-		}
+	keep, handOff := true, false
+	for keep && !handOff {
+		keep, handOff = hc.serveOne()
+	}
+	p.untrackHTTP(hc)
+	if handOff {
+		p.handOff(fc, hc.rec.buf)
+	} else {
+		fc.Close()
 	}
 }
 
-// trackHTTP adds (or removes) a fast-path connection to those Close
-// closes. Adding fails once the proxy is closed.
-func (p *Proxy) trackHTTP(hc *httpConn, add bool) bool {
+// trackHTTP adds a fast-path connection to those Close closes. It fails
+// once the proxy is closed.
+func (p *Proxy) trackHTTP(hc *httpConn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !add {
-		delete(p.httpConns, hc)
-		return true
-	}
 	if p.closed {
 		return false
 	}
 	p.httpConns[hc] = struct{}{}
 	return true
+}
+
+func (p *Proxy) untrackHTTP(hc *httpConn) {
+	p.mu.Lock()
+	delete(p.httpConns, hc)
+	p.mu.Unlock()
 }
 
 // closeLocked ends the connection and its request in flight (Close).
@@ -200,47 +199,25 @@ func (hc *httpConn) serveOne() (keep, handOff bool) {
 		return false, false
 	}
 	hasBody := req.ContentLength != 0
-	// Handlers are waited for by Close.
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	if !p.enterHandler() {
 		hc.writeError(http.StatusServiceUnavailable, ErrClosed.Error(), true)
 		return false, false
 	}
-	p.handlers.Add(1)
-	p.mu.Unlock()
 	defer p.handlers.Done()
-	h := fc.h
-	if w := fc.wake; w != nil {
-		fc.wake = nil
-		select {
-		case <-w.done:
-			err = w.err
-		case <-p.ctx.Done():
-			err = ErrClosed
-		}
-	}
-	var ms *machineState
-	var addr string
-	if err == nil {
-		ms, addr, err = p.acquireBackend(p.ctx, h.app, h.svc)
-	}
+	t, ms, err := p.pickMachine(p.ctx, fc)
 	if err != nil {
-		p.met.refused.WithLabelValues(h.app.Name, refuseReason(err)).Inc()
 		// An unread body leaves the connection unusable.
 		hc.writeError(http.StatusServiceUnavailable, err.Error(), hasBody || req.Close)
 		return !hasBody && !req.Close, false
 	}
-	defer p.release(ms, h.app.Name)
+	defer p.release(ms, fc.h.app.Name)
 	if hasBody {
 		// A body may take long. The idle bound is set again before the
 		// next request is waited for.
 		fc.SetReadDeadline(time.Time{})
 	}
-	t := &target{addr: addr, fc: fc, id: p.reqIDs.next(p.cfg.Region), machine: ms.id}
 	code, keep := hc.forward(req, ms, t)
-	ms.touch()
-	p.met.requests.WithLabelValues(h.app.Name, ms.id, strconv.Itoa(code)).Inc()
+	p.served(fc, ms, code)
 	return keep && !req.Close, false
 }
 
@@ -281,9 +258,9 @@ func ordinary(req *http.Request) bool {
 // still in step (both messages complete).
 func (hc *httpConn) forward(req *http.Request, ms *machineState, t *target) (code int, keep bool) {
 	p := hc.p
-	var body io.Reader = req.Body
+	body := req.Body
 	if req.ContentLength < 0 { // chunked: bound what it may send
-		body = &maxBodyReader{r: body, n: httpMaxBodyBytes}
+		body = http.MaxBytesReader(nil, body, httpMaxBodyBytes)
 	}
 	var resp *http.Response
 	var bc *backConn
@@ -317,7 +294,7 @@ func (hc *httpConn) forward(req *http.Request, ms *machineState, t *target) (cod
 		}
 	}
 	if err != nil {
-		var tooBig *maxBodyReader
+		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			hc.writeError(http.StatusRequestEntityTooLarge, err.Error(), true)
 			return http.StatusRequestEntityTooLarge, false
@@ -430,21 +407,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request, body io.Reader, t *target
 	bw.WriteString(req.Host)
 	bw.WriteString("\r\n")
 	writeFields(bw, req.Header, func(k string) bool { return ownRequestHeader[k] })
-	field(bw, "Fly-Forwarded-Port", strconv.Itoa(t.fc.port))
-	field(bw, "Fly-Region", region)
-	field(bw, "Fly-Request-Id", t.id)
-	bw.WriteString("X-Forwarded-For: ")
-	for _, v := range req.Header["X-Forwarded-For"] {
-		bw.WriteString(v)
-		bw.WriteString(", ")
-	}
-	bw.WriteString(t.fc.src)
-	bw.WriteString("\r\nX-Forwarded-Proto: http\r\nVia: ")
-	for _, v := range req.Header["Via"] {
-		bw.WriteString(v)
-		bw.WriteString(", ")
-	}
-	bw.WriteString("1.1 devgate\r\n")
+	flyFields(t, region, req.Header, func(k, v string) { field(bw, k, v) })
 	switch {
 	case req.ContentLength < 0:
 		bw.WriteString("Transfer-Encoding: chunked\r\n\r\n")
@@ -555,8 +518,9 @@ var hopByHop = map[string]bool{
 }
 
 // ownRequestHeader are the request fields a machine gets only as the proxy
-// writes them: hop-by-hop ones, framing, and Fly's, whose client-sent
-// copies are replaced, never trusted.
+// writes them: hop-by-hop ones, framing, and Fly's (flyFields), whose
+// client-sent copies are replaced, never trusted. X-Forwarded-Host is
+// dropped, as ReverseProxy drops it.
 var ownRequestHeader = map[string]bool{
 	"Content-Length": true, "X-Forwarded-For": true, "X-Forwarded-Host": true,
 	"X-Forwarded-Proto": true, "Via": true, "Fly-Forwarded-Port": true,
@@ -567,23 +531,4 @@ func init() {
 	for k := range hopByHop {
 		ownRequestHeader[k] = true
 	}
-}
-
-// maxBodyReader ends a chunked request body that goes over its bound.
-type maxBodyReader struct {
-	r io.Reader
-	n int64
-}
-
-func (m *maxBodyReader) Read(b []byte) (int, error) {
-	if m.n <= 0 {
-		return 0, m
-	}
-	n, err := m.r.Read(b[:min(int64(len(b)), m.n)])
-	m.n -= int64(n)
-	return n, err
-}
-
-func (m *maxBodyReader) Error() string {
-	return fmt.Sprintf("request body over %d bytes", int64(httpMaxBodyBytes))
 }

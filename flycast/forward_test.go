@@ -278,11 +278,25 @@ func TestFastPathCloseEndsRequests(t *testing.T) {
 	close(e.drv.hold)
 }
 
-func TestMaxBodyReader(t *testing.T) {
-	m := &maxBodyReader{r: strings.NewReader("0123456789"), n: 4}
-	b, err := io.ReadAll(m)
-	var tooBig *maxBodyReader
-	if string(b) != "0123" || !errors.As(err, &tooBig) {
-		t.Errorf("read %q, %v; want 4 bytes then the bound's error", b, err)
+// TestChunkedBodyBound: a chunked body over its bound reaches the machine
+// only up to the bound, and writeRequest reports the bound's error, which
+// forward answers with 413.
+func TestChunkedBodyBound(t *testing.T) {
+	req, err := http.ReadRequest(bufio.NewReader(strings.NewReader(
+		"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	bw := bufio.NewWriter(&out)
+	tg := &target{fc: &flowConn{src: "fdaa::1", port: 80}, id: "id"}
+	err = writeRequest(bw, req, http.MaxBytesReader(nil, req.Body, 4), tg, "ord")
+	bw.Flush()
+	var tooBig *http.MaxBytesError
+	if !errors.As(err, &tooBig) {
+		t.Errorf("writeRequest = %v, want the bound's error", err)
+	}
+	if sent := out.String(); !strings.HasSuffix(sent, "\r\n\r\n4\r\n0123\r\n") {
+		t.Errorf("machine got %q; want the body cut at 4 bytes", sent[max(0, len(sent)-40):])
 	}
 }

@@ -199,52 +199,81 @@ func (p *Proxy) serveHTTP(rw http.ResponseWriter, req *http.Request) {
 		http.Error(rw, conflictMsg, http.StatusBadRequest)
 		return
 	}
-	// Handlers are waited for by Close: net/http does not wait for them.
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	if !p.enterHandler() {
 		http.Error(rw, ErrClosed.Error(), http.StatusServiceUnavailable)
 		return
 	}
-	p.handlers.Add(1)
-	p.mu.Unlock()
 	defer p.handlers.Done()
-	h := fc.h
-	if h.forceHTTPS {
+	if fc.h.forceHTTPS {
 		http.Redirect(rw, req, "https://"+req.Host+req.URL.RequestURI(), http.StatusMovedPermanently)
 		return
 	}
+	t, ms, err := p.pickMachine(req.Context(), fc)
+	if err != nil {
+		http.Error(rw, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	defer p.release(ms, fc.h.app.Name)
+	req.Body = http.MaxBytesReader(rw, req.Body, httpMaxBodyBytes)
+	sw := &statusWriter{ResponseWriter: rw}
+	p.rp.ServeHTTP(sw, req.WithContext(context.WithValue(req.Context(), targetKey{}, t)))
+	code := sw.code
+	if code == 0 {
+		code = http.StatusOK
+	}
+	p.served(fc, ms, code)
+}
+
+// The steps both http paths (net/http's and forward.go's) take per request.
+
+// enterHandler counts a request handler for Close, which waits for them
+// (net/http does not). It fails once the proxy is closed; otherwise the
+// caller calls p.handlers.Done when the request ends.
+func (p *Proxy) enterHandler() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	p.handlers.Add(1)
+	return true
+}
+
+// pickMachine waits for the wake the connection's SYN started, if any, and
+// acquires a machine for one request. A refusal is counted; the caller
+// answers it with 503. Otherwise the caller releases the machine.
+func (p *Proxy) pickMachine(ctx context.Context, fc *flowConn) (*target, *machineState, error) {
+	h := fc.h
 	var err error
 	if w := fc.wake; w != nil {
 		fc.wake = nil
 		select {
 		case <-w.done:
 			err = w.err
-		case <-req.Context().Done():
-			err = req.Context().Err()
+		case <-ctx.Done():
+			err = ctx.Err()
+			if p.ctx.Err() != nil {
+				err = ErrClosed
+			}
 		}
 	}
 	var ms *machineState
 	var addr string
 	if err == nil {
-		ms, addr, err = p.acquireBackend(req.Context(), h.app, h.svc)
+		ms, addr, err = p.acquireBackend(ctx, h.app, h.svc)
 	}
 	if err != nil {
 		p.met.refused.WithLabelValues(h.app.Name, refuseReason(err)).Inc()
-		http.Error(rw, err.Error(), http.StatusServiceUnavailable)
-		return
+		return nil, nil, err
 	}
-	defer p.release(ms, h.app.Name)
-	req.Body = http.MaxBytesReader(rw, req.Body, httpMaxBodyBytes)
-	t := &target{addr: addr, fc: fc, id: p.reqIDs.next(p.cfg.Region), machine: ms.id}
-	sw := &statusWriter{ResponseWriter: rw}
-	p.rp.ServeHTTP(sw, req.WithContext(context.WithValue(req.Context(), targetKey{}, t)))
+	return &target{addr: addr, fc: fc, id: p.reqIDs.next(p.cfg.Region), machine: ms.id}, ms, nil
+}
+
+// served records a request's answer: the machine was active, and the
+// status goes to devgate_requests_total.
+func (p *Proxy) served(fc *flowConn, ms *machineState, code int) {
 	ms.touch()
-	code := sw.code
-	if code == 0 {
-		code = http.StatusOK
-	}
-	p.met.requests.WithLabelValues(h.app.Name, ms.id, strconv.Itoa(code)).Inc()
+	p.met.requests.WithLabelValues(fc.h.app.Name, ms.id, strconv.Itoa(code)).Inc()
 }
 
 // newReverse builds the proxy's single ReverseProxy; the target is chosen
@@ -277,21 +306,28 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = t.addr
 	pr.Out.Host = pr.In.Host
-	hd := pr.Out.Header
-	hd.Set("Fly-Forwarded-Port", strconv.Itoa(t.fc.port))
-	hd.Set("Fly-Region", p.cfg.Region)
-	hd.Set("Fly-Request-Id", t.id)
-	xff := t.fc.src
-	if prior := pr.In.Header.Values("X-Forwarded-For"); len(prior) > 0 {
-		xff = strings.Join(prior, ", ") + ", " + xff
+	flyFields(t, p.cfg.Region, pr.In.Header, pr.Out.Header.Set)
+}
+
+// flyFields calls set with each field the proxy gives a request for a
+// machine, Fly's headers: X-Forwarded-For and Via extend the client's
+// values, the others replace whatever the client sent. Both http paths
+// use it; ownRequestHeader names these fields too.
+func flyFields(t *target, region string, in http.Header, set func(k, v string)) {
+	set("Fly-Forwarded-Port", strconv.Itoa(t.fc.port))
+	set("Fly-Region", region)
+	set("Fly-Request-Id", t.id)
+	set("X-Forwarded-For", extend(in["X-Forwarded-For"], t.fc.src))
+	set("X-Forwarded-Proto", "http")
+	set("Via", extend(in["Via"], "1.1 devgate"))
+}
+
+// extend appends own to a list-valued field's prior values.
+func extend(prior []string, own string) string {
+	if len(prior) == 0 {
+		return own
 	}
-	hd.Set("X-Forwarded-For", xff)
-	hd.Set("X-Forwarded-Proto", "http")
-	via := "1.1 devgate"
-	if prior := pr.In.Header.Values("Via"); len(prior) > 0 {
-		via = strings.Join(prior, ", ") + ", " + via
-	}
-	hd.Set("Via", via)
+	return strings.Join(prior, ", ") + ", " + own
 }
 
 // spliceBuffers lends the proxy's copy buffers to ReverseProxy.
