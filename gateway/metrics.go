@@ -38,12 +38,15 @@ var (
 	handshakeDesc = prometheus.NewDesc("devgate_peer_handshake_age_seconds", "Seconds since each peer's last WireGuard handshake (absent: never).", []string{"org", "peer"}, nil)
 	rxDesc        = prometheus.NewDesc("devgate_peer_rx_bytes_total", "Bytes received from each peer.", []string{"org", "peer"}, nil)
 	txDesc        = prometheus.NewDesc("devgate_peer_tx_bytes_total", "Bytes sent to each peer.", []string{"org", "peer"}, nil)
+	loadedDesc    = prometheus.NewDesc("devgate_wireguard_peers_loaded", "Peers the WireGuard device holds now: those with a recent handshake; the rest wait in a compact table.", nil, nil)
+	loadsDesc     = prometheus.NewDesc("devgate_wireguard_peer_loads_total", "Peers loaded into the WireGuard device, by their handshake or by a packet to them.", nil, nil)
+	unloadsDesc   = prometheus.NewDesc("devgate_wireguard_peer_unloads_total", "Idle peers unloaded from the WireGuard device.", nil, nil)
 )
 
 type dataPlaneCollector struct{ g *Gateway }
 
 func (c dataPlaneCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{refusedDesc, acceptedDesc, handshakeDesc, rxDesc, txDesc} {
+	for _, d := range []*prometheus.Desc{refusedDesc, acceptedDesc, handshakeDesc, rxDesc, txDesc, loadedDesc, loadsDesc, unloadsDesc} {
 		ch <- d
 	}
 }
@@ -58,6 +61,10 @@ func (c dataPlaneCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(refusedDesc, prometheus.CounterValue, float64(v), reason)
 	}
 	ch <- prometheus.MustNewConstMetric(acceptedDesc, prometheus.CounterValue, float64(s.TCPAccepted))
+	ls := c.g.tun.Loads()
+	ch <- prometheus.MustNewConstMetric(loadedDesc, prometheus.GaugeValue, float64(ls.Loaded))
+	ch <- prometheus.MustNewConstMetric(loadsDesc, prometheus.CounterValue, float64(ls.Loads))
+	ch <- prometheus.MustNewConstMetric(unloadsDesc, prometheus.CounterValue, float64(ls.Unloads))
 	stats, err := c.g.tun.Stats()
 	if err != nil {
 		return

@@ -427,3 +427,117 @@ func hexKey(k wgtypes.Key) string {
 	}
 	return b.String()
 }
+
+// TestLazyPeers follows one laptop among a thousand configured peers
+// through lazy loading with real wireguard-go on both ends: its first
+// handshake loads it, an idle sweep unloads it with its counters kept, a
+// reply the gateway sends on a connection that outlived the session loads
+// it again (the gateway starts the handshake), and a restarted laptop
+// loads it a third time.
+func TestLazyPeers(t *testing.T) {
+	checkGoroutines(t)
+	gw := newGateway(t, netstack.Config{}, "")
+	gw.peers = makePeers(t, 2, 1000)
+	priv, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := peers.Peer(network, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw.peers = append(gw.peers, tunnel.Peer{PublicKey: priv.PublicKey(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr, peers.PeerPrefixLen).Masked()}})
+	if err := gw.tun.SetPeers(gw.peers); err != nil {
+		t.Fatal(err)
+	}
+	laptop := func() *client.Client {
+		c, err := client.New(peers.ClientConfig(priv, gw.key.PublicKey(), addr, network, "127.0.0.1:"+strconv.Itoa(gw.tun.Port())), t.Logf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	wantLoads := func(loaded int, loads, unloads uint64) {
+		t.Helper()
+		if ls := gw.tun.Loads(); ls != (tunnel.LoadStats{Configured: 1001, Loaded: loaded, Loads: loads, Unloads: unloads}) {
+			t.Fatalf("Loads() = %+v, want 1001 configured, %d loaded, %d loads, %d unloads", ls, loaded, loads, unloads)
+		}
+	}
+	statsOf := func() tunnel.PeerStats {
+		t.Helper()
+		ps, err := gw.tun.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ps) != 1001 {
+			t.Fatalf("Stats has %d peers, want 1001", len(ps))
+		}
+		for _, p := range ps {
+			if p.PublicKey == priv.PublicKey() {
+				return p
+			}
+		}
+		t.Fatal("the laptop is missing from Stats")
+		return tunnel.PeerStats{}
+	}
+	wantLoads(0, 0, 0)
+
+	// A handler that writes when told: the gateway's side of a connection
+	// that talks after a long silence.
+	push := make(chan string)
+	gw.serve(81, func(c net.Conn) {
+		for msg := range push {
+			if _, err := io.WriteString(c, msg); err != nil {
+				return
+			}
+		}
+	})
+	t.Cleanup(func() { close(push) })
+
+	a := laptop()
+	roundTrip(t, dialService(t, a, 80), "first handshake")
+	pushed := dialService(t, a, 81)
+	wantLoads(1, 1, 0)
+	before := statsOf()
+	if before.RxBytes == 0 || before.LastHandshake.IsZero() || !before.Endpoint.IsValid() {
+		t.Fatalf("laptop stats after traffic = %+v", before)
+	}
+
+	if err := gw.tun.SweepAt(time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	wantLoads(1, 1, 0) // a minute is not idle
+	if err := gw.tun.SweepAt(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	wantLoads(0, 1, 1)
+	// The last ACKs may land between the two readings; nothing else may
+	// change, and an unloaded peer's figures stay put.
+	after := statsOf()
+	if after.RxBytes < before.RxBytes || after.TxBytes < before.TxBytes || !after.LastHandshake.Equal(before.LastHandshake) || after.Endpoint != before.Endpoint {
+		t.Errorf("stats lost across the unload: %+v, then %+v", before, after)
+	}
+	if again := statsOf(); again.RxBytes != after.RxBytes || again.TxBytes != after.TxBytes {
+		t.Errorf("an unloaded peer's counters moved: %+v, then %+v", after, again)
+	}
+
+	push <- "pushed after unload"
+	pushed.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, len("pushed after unload"))
+	if _, err := io.ReadFull(pushed, buf); err != nil {
+		t.Fatalf("read what the gateway sent to an unloaded peer: %v", err)
+	}
+	wantLoads(1, 2, 1)
+
+	if err := gw.tun.SweepAt(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	a.Close() // the laptop sleeps; its session is gone when it wakes
+	b := laptop()
+	roundTrip(t, dialService(t, b, 80), "after a restart")
+	wantLoads(1, 3, 2)
+	if final := statsOf(); final.RxBytes <= after.RxBytes || final.TxBytes <= after.TxBytes {
+		t.Errorf("counters went from %+v to %+v, want them to keep growing", after, final)
+	}
+}

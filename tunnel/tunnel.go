@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -63,8 +64,17 @@ type Tunnel struct {
 	connMu sync.Mutex
 	conns  map[net.Conn]struct{} // open UAPI clients, closed by Close
 
-	mu    sync.Mutex // serializes SetPeers
-	peers map[wgtypes.Key][]netip.Prefix
+	// mu serializes changes to the device's peers: SetPeers, loads and
+	// unloads. The packet paths never take it (see lazy.go).
+	mu        sync.Mutex
+	table     atomic.Pointer[peerTable]
+	responder *responder
+	checks    chan heldInitiation // to checkLoop
+	inject    chan heldInitiation // from checkLoop, to the receive path
+	waker     *net.UDPConn        // see wakeReceive
+	loads     atomic.Uint64
+	unloads   atomic.Uint64
+	closing   chan struct{} // closed by Close, before the device
 
 	closeOnce sync.Once
 }
@@ -78,12 +88,15 @@ func New(cfg Config) (*Tunnel, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	t := &Tunnel{logf: logf, peers: make(map[wgtypes.Key][]netip.Prefix), uapiSem: make(chan struct{}, maxUAPIConns), conns: make(map[net.Conn]struct{})}
+	t := &Tunnel{logf: logf, uapiSem: make(chan struct{}, maxUAPIConns), conns: make(map[net.Conn]struct{}),
+		responder: newResponder(cfg.PrivateKey), closing: make(chan struct{}),
+		checks: make(chan heldInitiation, checkQueue), inject: make(chan heldInitiation, injectQueue)}
+	t.table.Store(newPeerTable(0))
 	var bind conn.Bind = gsoBind{conn.NewDefaultBind()}
 	if cfg.ListenAddr.IsValid() {
 		bind = &addrBind{addr: cfg.ListenAddr.Unmap()}
 	}
-	t.dev = device.NewDevice(cfg.TUN, bind, newRateLimitedLogger(logf))
+	t.dev = device.NewDevice(&lazyTUN{Device: cfg.TUN, t: t}, lazyBind{Bind: bind, t: t}, newRateLimitedLogger(logf))
 	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort)
 	err := t.dev.IpcSet(conf)
 	if err == nil {
@@ -108,6 +121,18 @@ func New(cfg Config) (*Tunnel, error) {
 			return nil, err
 		}
 	}
+	wakeAddr := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(port))
+	if cfg.ListenAddr.IsValid() {
+		wakeAddr = netip.AddrPortFrom(cfg.ListenAddr.Unmap(), uint16(port))
+	}
+	if t.waker, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(wakeAddr)); err != nil {
+		// Without it a loaded peer's first initiation waits for the next
+		// datagram; the initiator's retry would bring one within 5 s.
+		t.logf("wireguard: no wake socket for lazy peer loads: %v", err)
+	}
+	t.wg.Add(2)
+	go t.sweepLoop()
+	go t.checkLoop()
 	return t, nil
 }
 
@@ -173,12 +198,21 @@ func (t *Tunnel) serveUAPI(path string) error {
 	return nil
 }
 
-// SetPeers makes the device's peers exactly ps. Peers that did not change
-// are not touched, so their sessions and connections carry on.
+// SetPeers makes the configured peers exactly ps. They are kept in the
+// tunnel's table; the device holds only the peers in use (see lazy.go).
+// Loaded peers that did not change are not touched, so their sessions and
+// connections carry on; loaded peers that were removed are cut off at once.
 func (t *Tunnel) SetPeers(ps []Peer) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	want := make(map[wgtypes.Key][]netip.Prefix, len(ps))
+	old := t.table.Load()
+	next := newPeerTable(len(ps))
+	type change struct {
+		e       *lazyPeer
+		allowed []netip.Prefix
+	}
+	var changed []change
+	var b []byte
 	for _, p := range ps {
 		a := slices.Clone(p.AllowedIPs)
 		slices.SortFunc(a, func(x, y netip.Prefix) int {
@@ -187,64 +221,40 @@ func (t *Tunnel) SetPeers(ps []Peer) error {
 			}
 			return x.Bits() - y.Bits()
 		})
-		want[p.PublicKey] = a
+		e := old.byKey[p.PublicKey]
+		switch {
+		case e == nil:
+			e = &lazyPeer{key: p.PublicKey, allowed: a}
+		case !slices.Equal(e.allowed, a):
+			changed = append(changed, change{e, a})
+			if e.loaded.Load() {
+				b = appendPeerLines(b, e.key, a)
+			}
+		}
+		next.byKey[p.PublicKey] = e
 	}
-	// The UAPI text is appended into one buffer sized up front (about
-	// 1.5 MB for 10,000 new peers) rather than printed through fmt into a
-	// growing builder: that cut SetPeers' own allocation from 1.2 KB to
-	// 0.3 KB per peer (alloc_space, BenchmarkIdlePeers10k). It is no lever
-	// on memory or start time, though: wireguard-go allocates ~30 KB per
-	// peer and spends the start on two X25519 operations per peer.
-	b := make([]byte, 0, uapiLen(t.peers, want))
-	for k := range t.peers {
-		if _, ok := want[k]; !ok {
+	var removed []*lazyPeer
+	for k, e := range old.byKey {
+		if _, ok := next.byKey[k]; !ok && e.loaded.Load() {
 			b = appendKeyLine(b, k)
 			b = append(b, "remove=true\n"...)
+			removed = append(removed, e)
 		}
 	}
-	for k, a := range want {
-		old, ok := t.peers[k]
-		if ok && slices.Equal(old, a) {
-			continue
-		}
-		b = appendKeyLine(b, k)
-		if ok {
-			b = append(b, "update_only=true\n"...)
-		}
-		b = append(b, "replace_allowed_ips=true\n"...)
-		for _, p := range a {
-			b = append(b, "allowed_ip="...)
-			b = p.AppendTo(b)
-			b = append(b, '\n')
+	if len(b) > 0 {
+		if err := t.dev.IpcSetOperation(bytes.NewReader(b)); err != nil {
+			return fmt.Errorf("set wireguard peers: %w", err)
 		}
 	}
-	if len(b) == 0 {
-		return nil
+	for _, c := range changed {
+		c.e.allowed = c.allowed
 	}
-	if err := t.dev.IpcSetOperation(bytes.NewReader(b)); err != nil {
-		return fmt.Errorf("set wireguard peers: %w", err)
+	for _, e := range removed {
+		e.loaded.Store(false)
 	}
-	t.peers = want
+	next.index()
+	t.table.Store(next)
 	return nil
-}
-
-// Lengths of SetPeers' UAPI lines, for sizing its buffer: a key line, the
-// longest peer lines, and an allowed_ip line with the longest prefix.
-const (
-	uapiKeyLen    = len("public_key=\n") + 2*wgtypes.KeyLen
-	uapiPeerLen   = uapiKeyLen + len("update_only=true\nreplace_allowed_ips=true\n")
-	uapiRemoveLen = uapiKeyLen + len("remove=true\n")
-	uapiPrefixLen = len("allowed_ip=ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128\n")
-)
-
-// uapiLen bounds the length of the UAPI text that moves the device from
-// peers have to want.
-func uapiLen(have, want map[wgtypes.Key][]netip.Prefix) int {
-	n := uapiRemoveLen * len(have)
-	for _, a := range want {
-		n += uapiPeerLen + uapiPrefixLen*len(a)
-	}
-	return n
 }
 
 func appendKeyLine(b []byte, k wgtypes.Key) []byte {
@@ -253,8 +263,54 @@ func appendKeyLine(b []byte, k wgtypes.Key) []byte {
 	return append(b, '\n')
 }
 
-// Stats returns per-peer state as the device reports it.
+// Stats returns every configured peer's state: the device's live figures
+// for loaded peers, added to what was kept from their earlier loads.
 func (t *Tunnel) Stats() ([]PeerStats, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	live, err := t.deviceStats()
+	if err != nil {
+		return nil, err
+	}
+	byKey := make(map[wgtypes.Key]PeerStats, len(live))
+	for _, s := range live {
+		byKey[s.PublicKey] = s
+	}
+	tab := t.table.Load()
+	out := make([]PeerStats, 0, len(tab.byKey))
+	for k, e := range tab.byKey {
+		s := e.saved
+		if e.loaded.Load() {
+			s = mergeStats(s, byKey[k])
+		}
+		s.PublicKey, s.AllowedIPs = k, slices.Clone(e.allowed)
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b PeerStats) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
+	return out, nil
+}
+
+// LoadStats counts the peers the device holds now and the loads and
+// unloads so far.
+type LoadStats struct {
+	Configured, Loaded int
+	Loads, Unloads     uint64
+}
+
+// Loads reports how lazy loading stands.
+func (t *Tunnel) Loads() LoadStats {
+	tab := t.table.Load()
+	ls := LoadStats{Configured: len(tab.byKey), Loads: t.loads.Load(), Unloads: t.unloads.Load()}
+	for _, e := range tab.byKey {
+		if e.loaded.Load() {
+			ls.Loaded++
+		}
+	}
+	return ls
+}
+
+// deviceStats reads the peers the device holds.
+func (t *Tunnel) deviceStats() ([]PeerStats, error) {
 	s, err := t.dev.IpcGet()
 	if err != nil {
 		return nil, fmt.Errorf("read wireguard state: %w", err)
@@ -267,6 +323,10 @@ func (t *Tunnel) Stats() ([]PeerStats, error) {
 // It is idempotent.
 func (t *Tunnel) Close() error {
 	t.closeOnce.Do(func() {
+		close(t.closing)
+		if t.waker != nil {
+			t.waker.Close()
+		}
 		if t.uapi != nil {
 			t.uapi.Close()
 		}

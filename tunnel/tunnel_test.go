@@ -122,8 +122,9 @@ func FuzzParseIpcGet(f *testing.F) {
 }
 
 // TestSetPeersDiff drives a real wireguard-go device through the three kinds
-// of UAPI text SetPeers writes (new peer, changed allowed IPs, removal) and
-// checks the device's peers and that uapiLen bounds the text.
+// of change SetPeers makes to loaded peers (new allowed IPs, removal, and a
+// new peer, which stays out of the device until loaded) and checks the
+// device's peers and the configured set after each.
 func TestSetPeersDiff(t *testing.T) {
 	tn, err := New(Config{TUN: tuntest.NewChannelTUN().TUN()})
 	if err != nil {
@@ -137,30 +138,18 @@ func TestSetPeersDiff(t *testing.T) {
 		}
 		return k.PublicKey()
 	}
-	a, b := key(), key()
+	a, b, c := key(), key(), key()
 	pfx := netip.MustParsePrefix
-	check := func(want map[wgtypes.Key][]netip.Prefix) {
-		t.Helper()
-		ps, err := tn.Stats()
-		if err != nil {
-			t.Fatal(err)
-		}
+	peersOf := func(ps []PeerStats) map[wgtypes.Key][]netip.Prefix {
 		got := map[wgtypes.Key][]netip.Prefix{}
 		for _, p := range ps {
 			slices.SortFunc(p.AllowedIPs, func(x, y netip.Prefix) int { return strings.Compare(x.String(), y.String()) })
 			got[p.PublicKey] = p.AllowedIPs
 		}
-		if !maps.EqualFunc(got, want, slices.Equal) {
-			t.Fatalf("device peers = %v, want %v", got, want)
-		}
+		return got
 	}
-	steps := []map[wgtypes.Key][]netip.Prefix{
-		{a: {pfx("fdaa::100/120"), pfx("10.0.0.0/24")}, b: {pfx("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/128")}},
-		{a: {pfx("fdaa::200/120")}, b: {pfx("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/128")}},
-		{a: {pfx("fdaa::200/120")}},
-		{},
-	}
-	for _, want := range steps {
+	set := func(want map[wgtypes.Key][]netip.Prefix) {
+		t.Helper()
 		var ps []Peer
 		for k, a := range want {
 			ps = append(ps, Peer{PublicKey: k, AllowedIPs: a})
@@ -168,20 +157,40 @@ func TestSetPeersDiff(t *testing.T) {
 		if err := tn.SetPeers(ps); err != nil {
 			t.Fatal(err)
 		}
-		for _, a := range want {
-			slices.SortFunc(a, func(x, y netip.Prefix) int { return strings.Compare(x.String(), y.String()) })
+	}
+	check := func(configured, inDevice map[wgtypes.Key][]netip.Prefix) {
+		t.Helper()
+		ps, err := tn.Stats()
+		if err != nil {
+			t.Fatal(err)
 		}
-		check(want)
+		if got := peersOf(ps); !maps.EqualFunc(got, configured, slices.Equal) {
+			t.Errorf("configured peers = %v, want %v", got, configured)
+		}
+		dev, err := tn.deviceStats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := peersOf(dev); !maps.EqualFunc(got, inDevice, slices.Equal) {
+			t.Errorf("device peers = %v, want %v", got, inDevice)
+		}
 	}
-	// The bound holds for the longest lines: every peer new, with a /128 of
-	// the longest text, and every old peer removed.
-	have := map[wgtypes.Key][]netip.Prefix{a: nil, b: nil}
-	want := map[wgtypes.Key][]netip.Prefix{key(): {pfx("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")}}
-	n := 2 * (uapiKeyLen + len("remove=true\n"))
-	for k, p := range want {
-		n += len(appendKeyLine(nil, k)) + len("update_only=true\nreplace_allowed_ips=true\n") + len("allowed_ip="+p[0].String()+"\n")
+	v1 := map[wgtypes.Key][]netip.Prefix{a: {pfx("10.0.0.0/24"), pfx("fdaa::100/120")}, b: {pfx("fdaa::300/120")}}
+	set(v1)
+	check(v1, map[wgtypes.Key][]netip.Prefix{})
+	for _, k := range []wgtypes.Key{a, b} {
+		if err := tn.load(tn.table.Load().byKey[k], false); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if got := uapiLen(have, want); got < n {
-		t.Errorf("uapiLen = %d, want at least %d", got, n)
+	check(v1, v1)
+
+	v2 := map[wgtypes.Key][]netip.Prefix{a: {pfx("fdaa::200/120")}, c: {pfx("fdaa::400/120")}}
+	set(v2)
+	check(v2, map[wgtypes.Key][]netip.Prefix{a: {pfx("fdaa::200/120")}})
+	if ls := tn.Loads(); ls.Configured != 2 || ls.Loaded != 1 || ls.Loads != 2 {
+		t.Errorf("Loads() = %+v, want 2 configured, 1 loaded, 2 loads", ls)
 	}
+	set(nil)
+	check(map[wgtypes.Key][]netip.Prefix{}, map[wgtypes.Key][]netip.Prefix{})
 }

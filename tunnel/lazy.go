@@ -1,0 +1,485 @@
+package tunnel
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/crypto/blake2s"
+	"golang.org/x/crypto/chacha20poly1305"
+	"golang.org/x/crypto/curve25519"
+	"golang.org/x/time/rate"
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// Lazy peers. wireguard-go spends about 25 KB on every peer it holds (two
+// 1,024-slot queues, goroutines, timers), so a gateway sized for 10,000
+// laptops would hold 250 MB for peers that are mostly asleep. The tunnel
+// keeps every configured peer in a compact table instead and gives
+// wireguard-go only the peers in use:
+//
+//   - A handshake initiation from a peer that is not loaded loads it. The
+//     receive path passes every initiation on to wireguard-go at once, and
+//     queues a copy of those with a valid MAC1 for a checker goroutine,
+//     which does the first half of the responder's Noise IK work to learn
+//     the initiator's static key and proves the sender holds that key's
+//     private half by opening the sealed timestamp. If that peer is
+//     configured but not loaded (so wireguard-go dropped the original), the
+//     checker loads it and hands the copy back to the receive path, which
+//     gives it to wireguard-go as if it had just arrived; wireguard-go then
+//     answers it as usual. The receive path never waits on a Diffie-Hellman
+//     or on wireguard-go's configuration lock.
+//   - A packet the netstack sends to a peer that is not loaded (a reply on
+//     a connection that outlived the session) loads it with its last
+//     endpoint, so wireguard-go can start a handshake when TCP retransmits.
+//   - A peer with no handshake for unloadAfter is unloaded; its counters and
+//     last handshake are kept in the table, so Stats stays monotonic.
+//
+// Tailscale trims idle peers from its wireguard-go configuration for the
+// same reason.
+
+const (
+	// unloadAfter is how long a loaded peer may go without a handshake.
+	// WireGuard rejects keys older than 180 s, so by then the peer must
+	// handshake again before it can send, and that handshake reloads it.
+	unloadAfter = 5 * time.Minute
+	// sweepEvery is how often loaded peers are checked for idleness.
+	sweepEvery = 30 * time.Second
+	// initiationChecks bounds the initiations per second whose sender is
+	// identified: one X25519 operation each, two for a peer not yet loaded
+	// (0.15 ms each on the project's Xeon), so a flood of initiations from
+	// anyone who knows the gateway's public key costs the checker at most
+	// 6 % of a core. 200 a second is the rekeying of 24,000 active peers.
+	// Initiations over the limit, or beyond checkQueue waiting, are not
+	// checked: loaded peers are unaffected, and a peer that is not loaded
+	// retries (every 5 s, as WireGuard clients do).
+	initiationChecks = 200
+	initiationBurst  = 50
+	checkQueue       = 64
+	// injectQueue bounds checked initiations waiting to re-enter the
+	// receive path.
+	injectQueue = 16
+)
+
+// heldInitiation is a copy of an initiation and where it came from.
+type heldInitiation struct {
+	msg [device.MessageInitiationSize]byte
+	ep  conn.Endpoint
+}
+
+// lazyPeer is one configured peer. key is fixed; allowed and saved are
+// guarded by Tunnel.mu; loaded is written under Tunnel.mu and read without
+// it by the packet paths.
+type lazyPeer struct {
+	key     wgtypes.Key
+	allowed []netip.Prefix // sorted
+
+	loaded  atomic.Bool
+	loading atomic.Bool // a load is in flight
+	// reachable is set once saved holds an endpoint, so an outbound
+	// packet can load the peer.
+	reachable atomic.Bool
+	// saved holds what the device reported when the peer was last
+	// unloaded: counters accumulate across loads.
+	saved    PeerStats
+	loadedAt time.Time
+}
+
+// peerTable is an immutable snapshot of the configured peers, swapped
+// whole by SetPeers so the packet paths read it without locks. byPrefix
+// and lens are derived from byKey by index.
+type peerTable struct {
+	byKey    map[wgtypes.Key]*lazyPeer
+	byPrefix map[netip.Prefix]*lazyPeer // IPv6 allowed IPs only
+	lens     []int                      // distinct prefix lengths in byPrefix
+}
+
+func newPeerTable(n int) *peerTable {
+	return &peerTable{byKey: make(map[wgtypes.Key]*lazyPeer, n), byPrefix: make(map[netip.Prefix]*lazyPeer, n)}
+}
+
+// index builds byPrefix and lens from byKey's peers.
+func (pt *peerTable) index() {
+	for _, e := range pt.byKey {
+		for _, p := range e.allowed {
+			if p.Addr().Is6() {
+				pt.byPrefix[p] = e
+				if !slices.Contains(pt.lens, p.Bits()) {
+					pt.lens = append(pt.lens, p.Bits())
+				}
+			}
+		}
+	}
+}
+
+// owner returns the peer whose allowed IPs hold dst, trying the longest
+// prefix first as WireGuard's routing does.
+func (pt *peerTable) owner(dst netip.Addr) *lazyPeer {
+	var best *lazyPeer
+	bestBits := -1
+	for _, l := range pt.lens {
+		if l <= bestBits {
+			continue
+		}
+		p, err := dst.Prefix(l)
+		if err != nil {
+			continue
+		}
+		if e := pt.byPrefix[p]; e != nil {
+			best, bestBits = e, l
+		}
+	}
+	return best
+}
+
+// responder identifies the senders of handshake initiations addressed to
+// the gateway's key.
+type responder struct {
+	priv, pub [32]byte
+	mac1      device.CookieChecker
+	limit     *rate.Limiter
+}
+
+func newResponder(priv wgtypes.Key) *responder {
+	r := &responder{priv: priv, pub: priv.PublicKey(), limit: rate.NewLimiter(initiationChecks, initiationBurst)}
+	r.mac1.Init(device.NoisePublicKey(r.pub))
+	return r
+}
+
+// wants reports whether msg is a handshake initiation with a valid MAC1:
+// one sealed for this gateway's key by someone who knows that key.
+func (r *responder) wants(msg []byte) bool {
+	return len(msg) == device.MessageInitiationSize && binary.LittleEndian.Uint32(msg) == device.MessageInitiationType && r.mac1.CheckMAC1(msg)
+}
+
+func mixHash(dst, h *[blake2s.Size]byte, data []byte) {
+	d, _ := blake2s.New256(nil)
+	d.Write(h[:])
+	d.Write(data)
+	d.Sum(dst[:0])
+}
+
+// Offsets in a handshake initiation (WireGuard whitepaper, section 5.4.2).
+const (
+	initEphemeral = 8
+	initStatic    = initEphemeral + 32
+	initTimestamp = initStatic + 32 + chacha20poly1305.Overhead
+	initMAC1      = initTimestamp + 12 + chacha20poly1305.Overhead
+)
+
+// initiator returns the static key an initiation claims and the Noise
+// state after it, following the responder's steps in wireguard-go's
+// ConsumeMessageInitiation. msg has passed MAC1.
+func (r *responder) initiator(msg []byte) (pk wgtypes.Key, hash, chainKey [blake2s.Size]byte, ok bool) {
+	eph := msg[initEphemeral:initStatic]
+	mixHash(&hash, &device.InitialHash, r.pub[:])
+	mixHash(&hash, &hash, eph)
+	device.KDF1(&chainKey, device.InitialChainKey[:], eph)
+	ss, err := curve25519.X25519(r.priv[:], eph)
+	if err != nil {
+		return pk, hash, chainKey, false // a low-order point
+	}
+	var key [chacha20poly1305.KeySize]byte
+	device.KDF2(&chainKey, &key, chainKey[:], ss)
+	aead, _ := chacha20poly1305.New(key[:])
+	var nonce [chacha20poly1305.NonceSize]byte
+	if _, err := aead.Open(pk[:0], nonce[:], msg[initStatic:initTimestamp], hash[:]); err != nil {
+		return pk, hash, chainKey, false
+	}
+	mixHash(&hash, &hash, msg[initStatic:initTimestamp])
+	return pk, hash, chainKey, true
+}
+
+// provesKey reports whether the initiation's timestamp was sealed with the
+// static-static secret, which only the holder of pk's private key (or the
+// gateway) can compute.
+func (r *responder) provesKey(msg []byte, pk wgtypes.Key, hash, chainKey [blake2s.Size]byte) bool {
+	ss, err := curve25519.X25519(r.priv[:], pk[:])
+	if err != nil {
+		return false
+	}
+	var key [chacha20poly1305.KeySize]byte
+	device.KDF2(&chainKey, &key, chainKey[:], ss)
+	aead, _ := chacha20poly1305.New(key[:])
+	var nonce [chacha20poly1305.NonceSize]byte
+	var ts [12]byte
+	_, err = aead.Open(ts[:0], nonce[:], msg[initTimestamp:initMAC1], hash[:])
+	return err == nil
+}
+
+// checkLoop checks queued initiations until Close.
+func (t *Tunnel) checkLoop() {
+	defer t.wg.Done()
+	for {
+		select {
+		case <-t.closing:
+			return
+		case h := <-t.checks:
+			if !t.responder.limit.Allow() {
+				continue
+			}
+			if t.admit(h.msg[:]) && h.ep != nil {
+				select {
+				case t.inject <- h:
+					t.wakeReceive()
+				default:
+				}
+			}
+		}
+	}
+}
+
+// admit loads the sender of an initiation (which has passed MAC1) if it is
+// a configured peer that is not loaded and proves it holds its key. It
+// reports whether it loaded one.
+func (t *Tunnel) admit(msg []byte) bool {
+	r := t.responder
+	if !r.wants(msg) {
+		return false
+	}
+	pk, hash, chainKey, ok := r.initiator(msg)
+	if !ok {
+		return false
+	}
+	e := t.table.Load().byKey[pk]
+	if e == nil || e.loaded.Load() || !r.provesKey(msg, pk, hash, chainKey) {
+		return false
+	}
+	if err := t.load(e, false); err != nil {
+		t.logf("wireguard: load peer %s: %v", e.key, err)
+		return false
+	}
+	return true
+}
+
+// wakeReceive sends the gateway's own UDP port a datagram too short to be
+// a WireGuard message, so a receive routine blocked in its read returns
+// and picks up the initiations waiting in t.inject.
+func (t *Tunnel) wakeReceive() {
+	if t.waker != nil {
+		t.waker.Write([]byte{0})
+	}
+}
+
+// load gives e to the device. withEndpoint sets its last known endpoint,
+// for a load triggered by an outbound packet; an initiation sets its own.
+func (t *Tunnel) load(e *lazyPeer, withEndpoint bool) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.table.Load().byKey[e.key] != e || e.loaded.Load() {
+		return nil // removed or replaced meanwhile, or already loaded
+	}
+	b := appendPeerLines(nil, e.key, e.allowed)
+	if withEndpoint && e.saved.Endpoint.IsValid() {
+		b = fmt.Appendf(b, "endpoint=%s\n", e.saved.Endpoint)
+	}
+	if err := t.dev.IpcSetOperation(bytes.NewReader(b)); err != nil {
+		return err
+	}
+	e.loadedAt = time.Now()
+	e.loaded.Store(true)
+	t.loads.Add(1)
+	return nil
+}
+
+// appendPeerLines appends the UAPI lines that create or update a peer
+// with exactly the allowed IPs a.
+func appendPeerLines(b []byte, k wgtypes.Key, a []netip.Prefix) []byte {
+	b = appendKeyLine(b, k)
+	b = append(b, "replace_allowed_ips=true\n"...)
+	for _, p := range a {
+		b = append(b, "allowed_ip="...)
+		b = p.AppendTo(b)
+		b = append(b, '\n')
+	}
+	return b
+}
+
+// sweepLoop unloads idle peers until Close.
+func (t *Tunnel) sweepLoop() {
+	defer t.wg.Done()
+	tick := time.NewTicker(sweepEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.closing:
+			return
+		case now := <-tick.C:
+			if err := t.sweep(now); err != nil {
+				t.logf("wireguard: unload idle peers: %v", err)
+			}
+		}
+	}
+}
+
+// sweep unloads every loaded peer whose last handshake (or load, if it
+// never completed one) is older than unloadAfter at now.
+func (t *Tunnel) sweep(now time.Time) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	live, err := t.deviceStats()
+	if err != nil {
+		return err
+	}
+	tab := t.table.Load()
+	var b []byte
+	type unload struct {
+		e     *lazyPeer
+		saved PeerStats
+	}
+	var gone []unload
+	for _, s := range live {
+		e := tab.byKey[s.PublicKey]
+		if e == nil || !e.loaded.Load() {
+			continue // not ours (set through the UAPI socket)
+		}
+		last := e.loadedAt
+		if s.LastHandshake.After(last) {
+			last = s.LastHandshake
+		}
+		if now.Sub(last) < unloadAfter {
+			continue
+		}
+		b = appendKeyLine(b, e.key)
+		b = append(b, "remove=true\n"...)
+		gone = append(gone, unload{e, mergeStats(e.saved, s)})
+	}
+	if len(gone) == 0 {
+		return nil
+	}
+	if err := t.dev.IpcSetOperation(bytes.NewReader(b)); err != nil {
+		return err
+	}
+	for _, u := range gone {
+		u.e.saved = u.saved
+		u.e.reachable.Store(u.saved.Endpoint.IsValid())
+		u.e.loaded.Store(false)
+	}
+	t.unloads.Add(uint64(len(gone)))
+	return nil
+}
+
+// mergeStats adds a loaded peer's live figures to those kept from its
+// earlier loads.
+func mergeStats(saved, live PeerStats) PeerStats {
+	saved.RxBytes += live.RxBytes
+	saved.TxBytes += live.TxBytes
+	if live.LastHandshake.After(saved.LastHandshake) {
+		saved.LastHandshake = live.LastHandshake
+	}
+	if live.Endpoint.IsValid() {
+		saved.Endpoint = live.Endpoint
+	}
+	return saved
+}
+
+// lazyBind queues received initiations for the checker and returns the
+// ones it hands back with the packets of a later read.
+type lazyBind struct {
+	conn.Bind
+	t *Tunnel
+}
+
+func (b lazyBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	fns, actual, err := b.Bind.Open(port)
+	t := b.t
+	for i, recv := range fns {
+		fns[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+			// Initiations handed back go first, without a read, so they
+			// also pass through binds that read one datagram at a time.
+			if n := t.takeInjected(bufs, sizes, eps, 0); n > 0 {
+				return n, nil
+			}
+			n, err := recv(bufs, sizes, eps)
+			if err != nil {
+				return n, err
+			}
+			for j := range n {
+				if msg := bufs[j][:sizes[j]]; t.responder.wants(msg) {
+					h := heldInitiation{ep: eps[j]}
+					copy(h.msg[:], msg)
+					select {
+					case t.checks <- h:
+					default: // the checker is behind: see initiationChecks
+					}
+				}
+			}
+			return t.takeInjected(bufs, sizes, eps, n), nil
+		}
+	}
+	return fns, actual, err
+}
+
+// takeInjected fills the batch from slot n on with initiations the checker
+// handed back and returns the new count.
+func (t *Tunnel) takeInjected(bufs [][]byte, sizes []int, eps []conn.Endpoint, n int) int {
+	for ; n < len(bufs); n++ {
+		select {
+		case h := <-t.inject:
+			sizes[n] = copy(bufs[n], h.msg[:])
+			eps[n] = h.ep
+		default:
+			return n
+		}
+	}
+	return n
+}
+
+// lazyTUN watches the packets the netstack hands wireguard-go for ones
+// addressed to a peer that is not loaded, and loads that peer. wireguard-go
+// drops the packet itself (it has no peer for it yet); the retransmission
+// finds the peer and starts a handshake.
+type lazyTUN struct {
+	tun.Device
+	t *Tunnel
+
+	// The last destination seen, so a stream of packets to one peer costs
+	// a compare and an atomic load each. Read is called by one goroutine
+	// (wireguard-go's RoutineReadFromTUN).
+	lastTab *peerTable
+	lastDst [16]byte
+	lastOwn *lazyPeer
+}
+
+func (d *lazyTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := d.Device.Read(bufs, sizes, offset)
+	tab := d.t.table.Load()
+	for i := range n {
+		pkt := bufs[i][offset : offset+sizes[i]]
+		if len(pkt) < 40 || pkt[0]>>4 != 6 {
+			continue
+		}
+		dst := [16]byte(pkt[24:40])
+		if tab != d.lastTab || dst != d.lastDst {
+			d.lastTab, d.lastDst, d.lastOwn = tab, dst, tab.owner(netip.AddrFrom16(dst))
+		}
+		if e := d.lastOwn; e != nil && !e.loaded.Load() {
+			d.t.wake(e)
+		}
+	}
+	return n, err
+}
+
+// wake loads e in the background for an outbound packet, if wireguard-go
+// would have somewhere to send it: a peer that never connected has no
+// endpoint to send a handshake to.
+func (t *Tunnel) wake(e *lazyPeer) {
+	if !e.reachable.Load() || !e.loading.CompareAndSwap(false, true) {
+		return
+	}
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		defer e.loading.Store(false)
+		if err := t.load(e, true); err != nil {
+			t.logf("wireguard: load peer %s: %v", e.key, err)
+		}
+	}()
+}

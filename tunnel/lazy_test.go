@@ -1,0 +1,208 @@
+package tunnel
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/blake2s"
+	"golang.org/x/crypto/chacha20poly1305"
+	"golang.org/x/crypto/curve25519"
+	"golang.org/x/time/rate"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// initiation builds a handshake initiation to the gateway key gw that
+// claims the static key claim, following the initiator's steps in the
+// WireGuard whitepaper (5.4.2). With priv (claim's private key) the
+// timestamp is sealed as a real peer seals it; without it, with a secret
+// only an impostor would have.
+func initiation(t testing.TB, gw, claim wgtypes.Key, priv *wgtypes.Key) []byte {
+	t.Helper()
+	msg := make([]byte, device.MessageInitiationSize)
+	binary.LittleEndian.PutUint32(msg, device.MessageInitiationType)
+	rand.Read(msg[4:8])
+	eph, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ephPub := eph.PublicKey()
+	copy(msg[initEphemeral:], ephPub[:])
+	var hash, ck [blake2s.Size]byte
+	var key [chacha20poly1305.KeySize]byte
+	var nonce [chacha20poly1305.NonceSize]byte
+	mixHash(&hash, &device.InitialHash, gw[:])
+	mixHash(&hash, &hash, ephPub[:])
+	device.KDF1(&ck, device.InitialChainKey[:], ephPub[:])
+	ss, err := curve25519.X25519(eph[:], gw[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	device.KDF2(&ck, &key, ck[:], ss)
+	aead, _ := chacha20poly1305.New(key[:])
+	aead.Seal(msg[initStatic:initStatic], nonce[:], claim[:], hash[:])
+	mixHash(&hash, &hash, msg[initStatic:initTimestamp])
+	ss = make([]byte, 32)
+	rand.Read(ss)
+	if priv != nil {
+		if ss, err = curve25519.X25519(priv[:], gw[:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	device.KDF2(&ck, &key, ck[:], ss)
+	aead, _ = chacha20poly1305.New(key[:])
+	aead.Seal(msg[initTimestamp:initTimestamp], nonce[:], make([]byte, 12), hash[:])
+	setMAC1(msg, gw)
+	return msg
+}
+
+// setMAC1 sets msg's MAC1 as a message to the gateway key gw carries.
+func setMAC1(msg []byte, gw wgtypes.Key) {
+	var mac1Key [blake2s.Size]byte
+	d, _ := blake2s.New256(nil)
+	d.Write([]byte(device.WGLabelMAC1))
+	d.Write(gw[:])
+	d.Sum(mac1Key[:0])
+	m, _ := blake2s.New128(mac1Key[:])
+	m.Write(msg[:initMAC1])
+	m.Sum(msg[initMAC1:initMAC1])
+}
+
+// newKey returns a fresh private key.
+func newKey(tb testing.TB) wgtypes.Key {
+	tb.Helper()
+	k, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return k
+}
+
+// lazyTunnel starts a real device with one configured peer, not loaded,
+// and returns it with the gateway's and the peer's private keys.
+func lazyTunnel(tb testing.TB) (tn *Tunnel, gw, peer wgtypes.Key) {
+	tb.Helper()
+	gw, peer = newKey(tb), newKey(tb)
+	tn, err := New(Config{PrivateKey: gw, TUN: tuntest.NewChannelTUN().TUN()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { tn.Close() })
+	if err := tn.SetPeers([]Peer{{PublicKey: peer.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("fdaa::100/120")}}}); err != nil {
+		tb.Fatal(err)
+	}
+	return tn, gw, peer
+}
+
+// TestAdmitLoadsOnlyProvenPeers feeds admit initiations for a configured
+// peer, from the peer and from impostors, and checks which ones load it
+// into the real wireguard-go device. The real clients' initiations are
+// covered end to end by TestLazyPeers.
+func TestAdmitLoadsOnlyProvenPeers(t *testing.T) {
+	tn, gwKey, peer := lazyTunnel(t)
+	stranger := newKey(t)
+	gw := gwKey.PublicKey()
+	otherGW := newKey(t).PublicKey()
+	badMAC := initiation(t, gw, peer.PublicKey(), &peer)
+	badMAC[initMAC1] ^= 1
+	// Sealed for another gateway's key, with a MAC1 that passes here.
+	misdirected := initiation(t, otherGW, peer.PublicKey(), &peer)
+	setMAC1(misdirected, gw)
+	for _, c := range []struct {
+		name string
+		msg  []byte
+	}{
+		{"impostor claiming the peer's key", initiation(t, gw, peer.PublicKey(), nil)},
+		{"real key, not configured", initiation(t, gw, stranger.PublicKey(), &stranger)},
+		{"sealed for another gateway", misdirected},
+		{"bad MAC1", badMAC},
+		{"truncated", initiation(t, gw, peer.PublicKey(), &peer)[:100]},
+	} {
+		tn.admit(c.msg)
+		if ls := tn.Loads(); ls.Loaded != 0 {
+			t.Fatalf("%s: loaded the peer (%+v)", c.name, ls)
+		}
+	}
+	tn.admit(initiation(t, gw, peer.PublicKey(), &peer))
+	dev, err := tn.deviceStats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ls := tn.Loads(); ls.Loaded != 1 || ls.Loads != 1 || len(dev) != 1 || dev[0].PublicKey != peer.PublicKey() {
+		t.Fatalf("after the peer's own initiation: loads %+v, device peers %+v; want the peer loaded once", ls, dev)
+	}
+	tn.admit(initiation(t, gw, peer.PublicKey(), &peer))
+	if ls := tn.Loads(); ls.Loads != 1 {
+		t.Errorf("a second initiation loaded the peer again: %+v", ls)
+	}
+}
+
+func TestPeerTableOwner(t *testing.T) {
+	pt := newPeerTable(2)
+	wide := &lazyPeer{allowed: []netip.Prefix{netip.MustParsePrefix("fdaa::/64")}}
+	narrow := &lazyPeer{allowed: []netip.Prefix{netip.MustParsePrefix("fdaa::100/120"), netip.MustParsePrefix("10.0.0.0/8")}}
+	wide.key[0], narrow.key[0] = 1, 2
+	pt.byKey[wide.key], pt.byKey[narrow.key] = wide, narrow
+	pt.index()
+	for addr, want := range map[string]*lazyPeer{"fdaa::1": wide, "fdaa::1ff": narrow, "fdab::1": nil} {
+		if got := pt.owner(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("owner(%s) = %p, want %p", addr, got, want)
+		}
+	}
+}
+
+// BenchmarkAdmit measures the checker's work for an initiation from a peer
+// that is not loaded, including loading it into the device ("load"), and
+// from a loaded one ("loaded", the check every later handshake pays). It
+// runs beside the receive path, which only copies the initiation.
+func BenchmarkAdmit(b *testing.B) {
+	tn, gwKey, peer := lazyTunnel(b)
+	tn.responder.limit.SetLimit(rate.Inf)
+	msg := initiation(b, gwKey.PublicKey(), peer.PublicKey(), &peer)
+	b.Run("load", func(b *testing.B) {
+		for range b.N {
+			tn.admit(msg)
+			b.StopTimer()
+			if tn.Loads().Loaded != 1 {
+				b.Fatal("peer not loaded")
+			}
+			if err := tn.sweep(time.Now().Add(time.Hour)); err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+		}
+	})
+	b.Run("loaded", func(b *testing.B) {
+		tn.admit(msg)
+		for range b.N {
+			tn.admit(msg)
+		}
+	})
+}
+
+// FuzzAdmit feeds the checker arbitrary initiations that pass MAC1, as
+// anyone who knows the gateway's public key can send: none may load the
+// configured peer (only its key's holder can), and none may panic.
+func FuzzAdmit(f *testing.F) {
+	tn, gwKey, peer := lazyTunnel(f)
+	tn.responder.limit.SetLimit(rate.Inf)
+	gw := gwKey.PublicKey()
+	f.Add(initiation(f, gw, peer.PublicKey(), nil))
+	f.Add(make([]byte, device.MessageInitiationSize))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		// Every input becomes an initiation that passes MAC1, so each one
+		// reaches the Noise steps (lengths are TestAdmitLoadsOnlyProvenPeers').
+		msg := make([]byte, device.MessageInitiationSize)
+		copy(msg, in)
+		binary.LittleEndian.PutUint32(msg, device.MessageInitiationType)
+		setMAC1(msg, gw)
+		tn.admit(msg)
+		if ls := tn.Loads(); ls.Loaded != 0 {
+			t.Fatalf("a message without the peer's key loaded it: %x", msg)
+		}
+	})
+}
