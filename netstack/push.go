@@ -3,6 +3,7 @@ package netstack
 import (
 	"encoding/binary"
 
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -65,8 +66,5 @@ func clearPSH(p []byte) {
 // updateChecksum returns the Internet checksum sum after one 16-bit word
 // of the summed data changed from old to now (RFC 1624, eqn. 3).
 func updateChecksum(sum, old, now uint16) uint16 {
-	s := uint32(^sum) + uint32(^old) + uint32(now)
-	s = (s & 0xffff) + s>>16
-	s = (s & 0xffff) + s>>16
-	return ^uint16(s)
+	return ^checksum.Combine(checksum.Combine(^sum, ^old), now)
 }
