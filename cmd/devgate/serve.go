@@ -23,6 +23,7 @@ func runServe(ctx context.Context, e *env, args []string) error {
 		idle     = fs.Duration("idle-timeout", 0, "how long a machine may be idle before it is stopped, e.g. 5s or 5m (default 5m)")
 		metrics  = fs.String("metrics-addr", "", "serve Prometheus /metrics on this TCP address")
 		iface    = fs.String("wg-interface", "devgate0", "name of the UAPI socket, for `wg show NAME` (in /var/run/wireguard when root, else in the data dir)")
+		gcPct    = fs.Int("gc-percent", 50, "heap growth over live memory, in percent, before the garbage collector runs (0: Go's default, 100; GOGC overrides)")
 	)
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
@@ -30,6 +31,10 @@ func runServe(ctx context.Context, e *env, args []string) error {
 	if *port < 1 || *port > 65535 {
 		return fmt.Errorf("--listen-port %d is not a port; use 1..65535", *port)
 	}
+	if *gcPct < 0 || *gcPct > 10000 {
+		return fmt.Errorf("--gc-percent %d is out of range; use 0 (Go's default) up to 10000", *gcPct)
+	}
+	setGCPercent(*gcPct)
 	var ups []string
 	if *upstream != "" {
 		for _, u := range strings.Split(*upstream, ",") {
