@@ -124,7 +124,7 @@ func BenchmarkHTTPRequest(b *testing.B) {
 	b.SetParallelism(8)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
-		c, err := e.dial(netip.AddrPortFrom(testFlycast, 80))
+		c, err := e.dial(httpDst)
 		if err != nil {
 			b.Error(err)
 			return

@@ -3,14 +3,14 @@ package flycast
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
-	"net/textproto"
 	"strconv"
-	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -35,12 +35,13 @@ import (
 
 // httpConn is one client connection on the fast path.
 type httpConn struct {
-	p    *Proxy
-	fc   *flowConn
-	rec  recorder
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	back atomic.Pointer[backConn] // the request in flight, for Close
+	p     *Proxy
+	fc    *flowConn
+	watch clientWatch // the current request's, reused
+	rec   recorder
+	br    *bufio.Reader
+	bw    *bufio.Writer
+	back  atomic.Pointer[backConn] // the request in flight, for Close
 }
 
 // recorder is the reader under an httpConn's bufio.Reader. While a header
@@ -151,12 +152,7 @@ func (hc *httpConn) closeLocked() {
 func (p *Proxy) handOff(fc *flowConn, pending []byte) {
 	p.met.handOffs.Inc()
 	fc.SetReadDeadline(time.Time{})
-	rc := &replayConn{flowConn: fc, pending: pending}
-	select {
-	case p.httpLn.ch <- rc:
-	case <-p.httpLn.done:
-		fc.Close()
-	}
+	p.toServer(&replayConn{flowConn: fc, pending: pending})
 }
 
 // serveOne serves one request. keep reports whether the connection may
@@ -178,18 +174,17 @@ func (hc *httpConn) serveOne() (keep, handOff bool) {
 	hc.rec.on, hc.rec.remain = true, httpMaxHeaderBytes+httpBufSize-len(ahead)
 	req, err := http.ReadRequest(hc.br)
 	hc.rec.on, hc.rec.remain = false, -1
-	if err == nil && cap(hc.rec.buf) > httpBufSize {
-		hc.rec.buf = nil // a large header's copy is not kept while idle
-	}
 	if err != nil {
-		var ne net.Error
-		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.As(err, &ne) && ne.Timeout() {
+		if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || isTimeout(err) {
 			return false, false // net/http, too, closes without an answer
 		}
 		return false, true // net/http answers it as it always has
 	}
 	if !ordinary(req) {
-		return false, true
+		return false, true // with hc.rec.buf, however large
+	}
+	if cap(hc.rec.buf) > httpBufSize {
+		hc.rec.buf = nil // a large header's copy is not kept while idle
 	}
 	if fc.frames.conflict() {
 		// Both framings in one request: the classic request-smuggling
@@ -204,7 +199,13 @@ func (hc *httpConn) serveOne() (keep, handOff bool) {
 		return false, false
 	}
 	defer p.handlers.Done()
-	t, ms, err := p.pickMachine(p.ctx, fc)
+	ctx := p.ctx
+	if !hasBody {
+		hc.watch = clientWatch{Context: p.ctx, hc: hc}
+		defer hc.watch.stop()
+		ctx = &hc.watch
+	}
+	t, ms, err := p.pickMachine(ctx, fc)
 	if err != nil {
 		// An unread body leaves the connection unusable.
 		hc.writeError(http.StatusServiceUnavailable, err.Error(), hasBody || req.Close)
@@ -219,6 +220,70 @@ func (hc *httpConn) serveOne() (keep, handOff bool) {
 	code, keep := hc.forward(req, ms, t)
 	p.served(fc, ms, code)
 	return keep && !req.Close, false
+}
+
+// clientWatch is the context a request without a body waits for a machine
+// under (a wake, or the queue behind a hard limit): it ends with the proxy,
+// or when the client closes its side, as net/http's request context does.
+// The client is watched only once something waits on Done, so a request
+// that finds a machine at once pays nothing. A request with a body is not
+// watched: the bytes after its header are the body's.
+type clientWatch struct {
+	context.Context // the proxy's
+	hc              *httpConn
+
+	once    sync.Once
+	ctx     context.Context
+	cancel  context.CancelFunc
+	watched chan struct{} // closed when the watching read returns
+}
+
+func (w *clientWatch) Done() <-chan struct{} {
+	w.once.Do(func() {
+		w.ctx, w.cancel = context.WithCancel(w.Context)
+		w.watched = make(chan struct{})
+		go func() {
+			defer close(w.watched)
+			// Pipelined bytes stay in the reader for the next request.
+			if _, err := w.hc.br.Peek(1); err != nil && !isTimeout(err) {
+				w.cancel() // the client closed or reset its side
+			}
+		}()
+	})
+	return w.ctx.Done()
+}
+
+func (w *clientWatch) Err() error {
+	if w.ctx != nil {
+		return w.ctx.Err()
+	}
+	return w.Context.Err()
+}
+
+// stop ends the watching read, if one started, before the connection is
+// read again.
+func (w *clientWatch) stop() {
+	if w.watched == nil {
+		return
+	}
+	w.hc.fc.SetReadDeadline(time.Now())
+	<-w.watched
+	w.hc.fc.SetReadDeadline(time.Time{})
+	w.cancel()
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// badGateway logs that the machine failed the request and answers 502,
+// closing the connection.
+func (hc *httpConn) badGateway(t *target, err error) (code int, keep bool) {
+	msg := t.failure(err)
+	hc.p.cfg.Logf("flycast: %s", msg)
+	hc.writeError(http.StatusBadGateway, msg, true)
+	return http.StatusBadGateway, false
 }
 
 // ordinary reports whether the fast path serves req: everything net/http
@@ -299,10 +364,7 @@ func (hc *httpConn) forward(req *http.Request, ms *machineState, t *target) (cod
 			hc.writeError(http.StatusRequestEntityTooLarge, err.Error(), true)
 			return http.StatusRequestEntityTooLarge, false
 		}
-		msg := fmt.Sprintf("app %s machine %s: %v", t.fc.h.app.Name, t.machine, err)
-		p.cfg.Logf("flycast: %s", msg)
-		hc.writeError(http.StatusBadGateway, msg, true)
-		return http.StatusBadGateway, false
+		return hc.badGateway(t, err)
 	}
 	defer hc.back.Store(nil)
 	for n := 0; resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols && n < maxInformational; n++ {
@@ -312,15 +374,12 @@ func (hc *httpConn) forward(req *http.Request, ms *machineState, t *target) (cod
 		}
 		if err != nil {
 			p.dropBackConn(ms, bc)
-			return http.StatusBadGateway, false
+			return hc.badGateway(t, err) // a final answer may follow a 1xx
 		}
 	}
 	if resp.StatusCode < 200 { // 101 without an Upgrade, or too many 1xx
 		p.dropBackConn(ms, bc)
-		msg := fmt.Sprintf("app %s machine %s: unexpected %s", t.fc.h.app.Name, t.machine, resp.Status)
-		p.cfg.Logf("flycast: %s", msg)
-		hc.writeError(http.StatusBadGateway, msg, true)
-		return http.StatusBadGateway, false
+		return hc.badGateway(t, fmt.Errorf("unexpected %s", resp.Status))
 	}
 	keep, backOK := hc.relay(resp, bc, req.Close, ms)
 	if backOK && !resp.Close {
@@ -472,7 +531,7 @@ func writeHead(bw *bufio.Writer, resp *http.Response, closeAfter bool) (chunked 
 func writeFields(bw *bufio.Writer, hd http.Header, skip func(string) bool) {
 	named := hd["Connection"]
 	for k, vs := range hd {
-		if skip != nil && skip(k) || len(named) > 0 && connectionNames(named, k) {
+		if skip != nil && skip(k) || len(named) > 0 && httpguts.HeaderValuesContainsToken(named, k) {
 			continue
 		}
 		for _, v := range vs {
@@ -495,18 +554,6 @@ func writeChunk(bw *bufio.Writer, b []byte) error {
 	bw.Write(b)
 	_, err := bw.WriteString("\r\n")
 	return err
-}
-
-// connectionNames reports whether a Connection field value names k.
-func connectionNames(values []string, k string) bool {
-	for _, v := range values {
-		for _, tok := range strings.Split(v, ",") {
-			if textproto.CanonicalMIMEHeaderKey(strings.TrimSpace(tok)) == k {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // hopByHop are the fields that describe one connection, not the message

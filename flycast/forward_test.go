@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +16,7 @@ import (
 // rawConn dials the http handler through the proxy's router.
 func (e *env) rawConn() (net.Conn, *bufio.Reader) {
 	e.t.Helper()
-	c, err := e.dial(netip.AddrPortFrom(testFlycast, 80))
+	c, err := e.dial(httpDst)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -298,5 +297,60 @@ func TestChunkedBodyBound(t *testing.T) {
 	}
 	if sent := out.String(); !strings.HasSuffix(sent, "\r\n\r\n4\r\n0123\r\n") {
 		t.Errorf("machine got %q; want the body cut at 4 bytes", sent[max(0, len(sent)-40):])
+	}
+}
+
+// TestFastPathHandOffLargeHeader hands off a request whose header is
+// larger than the fast path's reader: every byte of it must reach net/http.
+func TestFastPathHandOffLargeHeader(t *testing.T) {
+	e := newEnv(t, envOpts{started: []string{"m1"}})
+	c, br := e.rawConn()
+	io.WriteString(c, "GET /echo HTTP/1.0\r\nHost: h\r\nX-Big: "+strings.Repeat("a", 6000)+"\r\n\r\n")
+	_, bodies, err := readResponses(br, "GET", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "GET cl=0 te=[] "; bodies[0] != want {
+		t.Errorf("handed-off request with a 6 KB header: %q, want %q", bodies[0], want)
+	}
+}
+
+// TestFastPathClientGoneWhileQueued closes a client whose request waits in
+// the queue behind a hard limit: its place is given up at once, as on the
+// net/http path, and the request never reaches the machine.
+func TestFastPathClientGoneWhileQueued(t *testing.T) {
+	svc := httpService()
+	svc[0].Concurrency.Hard = 1
+	e := newEnv(t, envOpts{started: []string{"m1"}, app: App{Services: svc}, cfg: Config{QueueTimeout: time.Minute}})
+	held := make(chan int, 1)
+	go func() {
+		code, _, _ := e.get(e.httpClient(), "/hold")
+		held <- code
+	}()
+	select {
+	case <-e.drv.holding:
+	case <-time.After(10 * time.Second):
+		t.Fatal("first request never reached the machine")
+	}
+	c, _ := e.rawConn()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+	waitQueued(t, e, 1)
+	c.Close()
+	queued := 1
+	for i := 0; i < 1000 && queued > 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+		e.p.mu.Lock()
+		queued = len(e.p.appStates["hello"].queue)
+		e.p.mu.Unlock()
+	}
+	if queued != 0 {
+		t.Fatal("a closed client's request stayed in the queue")
+	}
+	close(e.drv.hold)
+	if code := <-held; code != http.StatusOK {
+		t.Fatalf("held request: %d", code)
+	}
+	if n := e.drv.servedBy("m1"); n != 1 {
+		t.Errorf("machine served %d requests, want only the held one", n)
 	}
 }

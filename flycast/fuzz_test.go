@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"io"
 	"net"
-	"net/netip"
 	"testing"
 	"time"
 )
@@ -30,7 +29,7 @@ func FuzzHTTPHandler(f *testing.F) {
 	}
 	e := newEnv(f, envOpts{started: []string{"m1"}})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := e.dial(netip.AddrPortFrom(testFlycast, 80))
+		c, err := e.dial(httpDst)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -556,7 +556,7 @@ func (e *env) dial(dst netip.AddrPort) (net.Conn, error) {
 
 func (e *env) httpClient() *http.Client {
 	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-		return e.dial(netip.AddrPortFrom(testFlycast, 80))
+		return e.dial(httpDst)
 	}}
 	e.t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 20 * time.Second,

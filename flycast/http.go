@@ -147,10 +147,16 @@ func (p *Proxy) serveHTTPConn(h *portHandler, r netstack.TCPRequest) {
 		p.serveFast(fc)
 		return
 	}
+	p.toServer(fc)
+}
+
+// toServer gives c to the net/http server, or closes it if the server has
+// stopped.
+func (p *Proxy) toServer(c net.Conn) {
 	select {
-	case p.httpLn.ch <- fc:
+	case p.httpLn.ch <- c:
 	case <-p.httpLn.done:
-		fc.Close()
+		c.Close()
 	}
 }
 
@@ -181,6 +187,12 @@ type target struct {
 	fc      *flowConn
 	id      string
 	machine string
+}
+
+// failure names the machine a request failed on, for the log and the
+// client's 502.
+func (t *target) failure(err error) string {
+	return fmt.Sprintf("app %s machine %s: %v", t.fc.h.app.Name, t.machine, err)
 }
 
 type targetKey struct{}
@@ -288,7 +300,7 @@ func (p *Proxy) newReverse() *httputil.ReverseProxy {
 			t, _ := r.Context().Value(targetKey{}).(*target)
 			msg := "backend error"
 			if t != nil {
-				msg = fmt.Sprintf("app %s machine %s: %v", t.fc.h.app.Name, t.machine, err)
+				msg = t.failure(err)
 			}
 			p.cfg.Logf("flycast: %s", msg)
 			if errors.Is(err, context.Canceled) {
