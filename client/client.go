@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -224,36 +225,65 @@ func (c *Client) exchange(ctx context.Context, network string, server netip.Addr
 	}
 }
 
-// Ping sends one ICMPv6 echo request to addr through the tunnel and returns
-// the round-trip time. It gives up when ctx ends.
+// pingInterval is how long Ping waits for one echo's reply before it
+// sends the next, as ping(8) does.
+const pingInterval = time.Second
+
+// Ping sends ICMPv6 echo requests to addr through the tunnel, one each
+// pingInterval, and returns the round-trip time of the first that is
+// answered. It gives up when ctx ends.
+//
+// Each echo goes out on a fresh ping socket: wireguard-go's PingConn waits
+// for a "readable" event before it reads, so a reply that arrives before
+// the read starts waiting stays queued unseen, and every later read on
+// that socket would be one reply behind.
 func (c *Client) Ping(ctx context.Context, addr netip.Addr) (time.Duration, error) {
+	for seq := 1; ; seq++ {
+		rtt, err := c.echo(ctx, addr, seq)
+		switch {
+		case err == nil:
+			return rtt, nil
+		case ctx.Err() != nil:
+			return 0, fmt.Errorf("client: ping %s: no answer to %d echo requests: %w", addr, seq, ctx.Err())
+		case !errors.Is(err, os.ErrDeadlineExceeded):
+			return 0, fmt.Errorf("client: ping %s: %w", addr, err)
+		}
+	}
+}
+
+// echo sends one echo request with sequence number seq and waits up to
+// pingInterval (or until ctx ends) for its reply.
+func (c *Client) echo(ctx context.Context, addr netip.Addr, seq int) (time.Duration, error) {
 	pc, err := c.net.DialPingAddr(netip.Addr{}, addr)
 	if err != nil {
-		return 0, fmt.Errorf("client: ping %s: %w", addr, err)
+		return 0, err
 	}
 	defer pc.Close()
+	pc.SetReadDeadline(time.Now().Add(pingInterval))
 	stop := context.AfterFunc(ctx, func() { pc.SetReadDeadline(time.Now()) })
 	defer stop()
-	msg := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: 1, Seq: 1, Data: []byte("devgate")}}
+	msg := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: 1, Seq: seq, Data: []byte("devgate")}}
 	b, err := msg.Marshal(nil)
 	if err != nil {
-		return 0, fmt.Errorf("client: ping %s: %w", addr, err)
+		return 0, err
 	}
 	start := time.Now()
 	if _, err := pc.Write(b); err != nil {
-		return 0, fmt.Errorf("client: ping %s: %w", addr, err)
+		return 0, err
 	}
 	buf := make([]byte, 1500)
 	for {
 		n, err := pc.Read(buf)
 		if err != nil {
-			if ctx.Err() != nil {
-				return 0, fmt.Errorf("client: ping %s: no answer: %w", addr, ctx.Err())
-			}
-			return 0, fmt.Errorf("client: ping %s: %w", addr, err)
+			return 0, err
 		}
+		// A late reply to an earlier echo may reach this socket if it
+		// was given the same identifier; only this echo's counts.
 		m, err := icmp.ParseMessage(58, buf[:n])
-		if err == nil && m.Type == ipv6.ICMPTypeEchoReply {
+		if err != nil || m.Type != ipv6.ICMPTypeEchoReply {
+			continue
+		}
+		if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq {
 			return time.Since(start), nil
 		}
 	}
