@@ -35,6 +35,7 @@ func (g *Gateway) registerDataPlaneMetrics() {
 var (
 	refusedDesc   = prometheus.NewDesc("devgate_netstack_refused_total", "Packets or flows the netstack refused or dropped, by reason.", []string{"reason"}, nil)
 	acceptedDesc  = prometheus.NewDesc("devgate_netstack_tcp_accepted_total", "TCP connections handed to services.", nil, nil)
+	ackHeldDesc   = prometheus.NewDesc("devgate_netstack_acks_held_total", "Bare TCP ACKs held for a reply to carry, by outcome: carried (the reply took it, one packet saved) or delayed (sent alone when due).", []string{"outcome"}, nil)
 	handshakeDesc = prometheus.NewDesc("devgate_peer_handshake_age_seconds", "Seconds since each peer's last WireGuard handshake (absent: never).", []string{"org", "peer"}, nil)
 	rxDesc        = prometheus.NewDesc("devgate_peer_rx_bytes_total", "Bytes received from each peer.", []string{"org", "peer"}, nil)
 	txDesc        = prometheus.NewDesc("devgate_peer_tx_bytes_total", "Bytes sent to each peer.", []string{"org", "peer"}, nil)
@@ -46,7 +47,7 @@ var (
 type dataPlaneCollector struct{ g *Gateway }
 
 func (c dataPlaneCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{refusedDesc, acceptedDesc, handshakeDesc, rxDesc, txDesc, loadedDesc, loadsDesc, unloadsDesc} {
+	for _, d := range []*prometheus.Desc{refusedDesc, acceptedDesc, ackHeldDesc, handshakeDesc, rxDesc, txDesc, loadedDesc, loadsDesc, unloadsDesc} {
 		ch <- d
 	}
 }
@@ -55,12 +56,14 @@ func (c dataPlaneCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.g.stack.Stats()
 	for reason, v := range map[string]uint64{
 		"not_ipv6": s.DroppedNotIPv6, "malformed": s.DroppedMalformed, "cross_network": s.DroppedCrossNetwork,
-		"echo_no_address": s.DroppedEchoNoAddress, "icmp_other": s.DroppedICMPOther,
+		"echo_no_address": s.DroppedEchoNoAddress, "icmp_other": s.DroppedICMPOther, "bad_checksum": s.DroppedBadChecksum,
 		"tcp_no_route": s.RefusedNoRoute, "tcp_syn_limit": s.RefusedSYNLimit,
 	} {
 		ch <- prometheus.MustNewConstMetric(refusedDesc, prometheus.CounterValue, float64(v), reason)
 	}
 	ch <- prometheus.MustNewConstMetric(acceptedDesc, prometheus.CounterValue, float64(s.TCPAccepted))
+	ch <- prometheus.MustNewConstMetric(ackHeldDesc, prometheus.CounterValue, float64(s.ACKsCarried), "carried")
+	ch <- prometheus.MustNewConstMetric(ackHeldDesc, prometheus.CounterValue, float64(s.ACKsDelayed), "delayed")
 	ls := c.g.tun.Loads()
 	ch <- prometheus.MustNewConstMetric(loadedDesc, prometheus.GaugeValue, float64(ls.Loaded))
 	ch <- prometheus.MustNewConstMetric(loadsDesc, prometheus.CounterValue, float64(ls.Loads))

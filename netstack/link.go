@@ -53,6 +53,9 @@ type link struct {
 	rxPackets, txPackets atomic.Uint64
 	badChecksum          atomic.Uint64
 
+	// acks holds bare ACKs briefly, so a reply carries them (ackhold.go).
+	acks ackHolder
+
 	// gros holds *gro.GRO engines. wireguard-go calls Write from one
 	// goroutine per peer, and an engine is not safe for concurrent use, so
 	// each Write takes one for the batch.
@@ -105,41 +108,50 @@ func (t tunDevice) Close() error {
 	return nil
 }
 
-// Read blocks until at least one outbound packet is queued, then returns as
-// many as are queued, up to len(bufs).
+// Read blocks until at least one outbound packet is queued or a held ACK
+// is due, then returns as many as are ready, up to len(bufs).
 func (l *link) read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	n := 0
-	for n == 0 {
+	for {
+		n, wake := l.acks.release(bufs, sizes, offset, 0)
 		var pkt *stack.PacketBuffer
-		select {
-		case pkt = <-l.out:
-		case <-l.done:
-			return 0, os.ErrClosed
+		if n == 0 {
+			select {
+			case pkt = <-l.out:
+			case <-wake:
+				continue
+			case <-l.done:
+				return 0, os.ErrClosed
+			}
 		}
 		for {
-			if sz := copyPacket(bufs[n][offset:], pkt); sz >= 0 {
+			if pkt == nil && n < len(bufs) {
+				select {
+				case pkt = <-l.out:
+				default:
+				}
+			}
+			if pkt == nil {
+				break
+			}
+			// A packet larger than the buffer cannot happen with
+			// wireguard-go's 64 KiB buffers and our MTU; it is skipped
+			// rather than truncated.
+			if sz := copyPacket(bufs[n][offset:], pkt); sz >= 0 && !l.acks.hold(bufs[n][offset:offset+sz]) {
 				sizes[n] = sz
 				n++
 			}
-			// A packet larger than the buffer cannot happen with wireguard-go's
-			// 64 KiB buffers and our MTU; it is skipped rather than truncated.
 			pkt.DecRef()
-			if n == len(bufs) {
-				break
-			}
-			select {
-			case pkt = <-l.out:
-				continue
-			default:
-			}
-			break
+			pkt = nil
 		}
+		if n == 0 {
+			continue // all held
+		}
+		if n > 1 {
+			pushOnlyLast(bufs[:n], sizes[:n], offset)
+		}
+		l.txPackets.Add(uint64(n))
+		return n, nil
 	}
-	if n > 1 {
-		pushOnlyLast(bufs[:n], sizes[:n], offset)
-	}
-	l.txPackets.Add(uint64(n))
-	return n, nil
 }
 
 // copyPacket copies pkt into dst without allocating and returns its size, or
@@ -192,6 +204,7 @@ func (l *link) write(bufs [][]byte, offset int) (int, error) {
 			l.badChecksum.Add(1)
 			continue
 		}
+		l.acks.noteInbound(p)
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
 		pkt.NetworkProtocolNumber = ipv6.ProtocolNumber
 		g.Enqueue(pkt)

@@ -299,6 +299,8 @@ type Stats struct {
 	RefusedNoRoute       uint64 // TCP SYN answered with RST: nothing serves it
 	RefusedSYNLimit      uint64 // TCP SYN answered with RST: peer's SYN budget spent
 	TCPAccepted          uint64 // TCP connections handed to handlers
+	ACKsCarried          uint64 // bare ACKs held and then carried by the reply
+	ACKsDelayed          uint64 // bare ACKs held and sent when due (no reply in time)
 }
 
 type counters struct {
@@ -321,5 +323,7 @@ func (s *Stack) Stats() Stats {
 		RefusedNoRoute:       c.refusedNoRoute.Load(),
 		RefusedSYNLimit:      c.refusedSYNLimit.Load(),
 		TCPAccepted:          c.tcpAccepted.Load(),
+		ACKsCarried:          s.link.acks.carried.Load(),
+		ACKsDelayed:          s.link.acks.delayed.Load(),
 	}
 }
