@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -377,6 +378,9 @@ func TestSetPeersLive(t *testing.T) {
 	}
 }
 
+// TestUAPI reads the gateway through its UAPI socket as `wg show` does:
+// the connected laptop with its traffic, configured peers that were never
+// loaded into wireguard-go, and a peer an operator set by hand.
 func TestUAPI(t *testing.T) {
 	checkGoroutines(t)
 	// Unix socket paths are limited to ~108 bytes; t.TempDir can be longer.
@@ -389,6 +393,10 @@ func TestUAPI(t *testing.T) {
 	gw := newGateway(t, netstack.Config{}, path)
 	c, p := gw.addClient(t, 1, false)
 	roundTrip(t, dialService(t, c, 80), "traffic")
+	idle := makePeers(t, 2, 2)
+	if err := gw.tun.SetPeers(append(slices.Clone(gw.peers), idle...)); err != nil {
+		t.Fatal(err)
+	}
 
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -397,30 +405,76 @@ func TestUAPI(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Errorf("socket mode = %v, want 0600", fi.Mode().Perm())
 	}
+	manual, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errno, _ := uapi(t, path, "set=1\npublic_key="+hexKey(manual.PublicKey())+"\nallowed_ip=fd00:99::/64\n\n"); errno != "0" {
+		t.Fatalf("UAPI set: errno=%s", errno)
+	}
+	errno, got := uapi(t, path, "get=1\n\n")
+	if errno != "0" {
+		t.Fatalf("UAPI get: errno=%s", errno)
+	}
+	if len(got) != 4 {
+		t.Errorf("UAPI get lists %d peers, want 4 (laptop, 2 idle, 1 set by hand): %v", len(got), got)
+	}
+	laptop := got[hexKey(p.PublicKey)]
+	for _, k := range []string{"last_handshake_time_sec", "rx_bytes", "tx_bytes"} {
+		if n, _ := strconv.ParseInt(first(laptop[k]), 10, 64); n <= 0 {
+			t.Errorf("laptop's %s = %q, want > 0", k, laptop[k])
+		}
+	}
+	for _, q := range idle {
+		e := got[hexKey(q.PublicKey)]
+		if e == nil || first(e["allowed_ip"]) != q.AllowedIPs[0].String() || first(e["last_handshake_time_sec"]) != "0" {
+			t.Errorf("idle peer %s = %v, want listed with its allowed IP and no handshake", q.PublicKey, e)
+		}
+	}
+	if e := got[hexKey(manual.PublicKey())]; first(e["allowed_ip"]) != "fd00:99::/64" {
+		t.Errorf("peer set by hand = %v, want its allowed IP", e)
+	}
+	if ls := gw.tun.Loads(); ls.Configured != 3 || ls.Loaded != 1 {
+		t.Errorf("configured/loaded peers = %d/%d, want 3/1 (listing must not load idle peers)", ls.Configured, ls.Loaded)
+	}
+}
+
+// uapi sends one UAPI request and returns its errno and, for a get, each
+// peer's values by key, keyed by the peer's hex public key.
+func uapi(t *testing.T, path, req string) (errno string, peers map[string]map[string][]string) {
+	t.Helper()
 	conn, err := net.Dial("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(conn, "get=1\n\n"); err != nil {
+	if _, err := io.WriteString(conn, req); err != nil {
 		t.Fatal(err)
 	}
-	kv := map[string]string{}
+	peers = map[string]map[string][]string{}
+	var cur map[string][]string
 	sc := bufio.NewScanner(conn)
 	for sc.Scan() && sc.Text() != "" {
 		k, v, _ := strings.Cut(sc.Text(), "=")
-		kv[k] = v
-	}
-	pub := p.PublicKey
-	if kv["errno"] != "0" || kv["public_key"] != hexKey(pub) {
-		t.Fatalf("UAPI get = %v, want errno=0 and the peer", kv)
-	}
-	for _, k := range []string{"last_handshake_time_sec", "rx_bytes", "tx_bytes"} {
-		if n, _ := strconv.ParseInt(kv[k], 10, 64); n <= 0 {
-			t.Errorf("UAPI %s = %q, want > 0", k, kv[k])
+		switch {
+		case k == "errno":
+			errno = v
+		case k == "public_key":
+			cur = map[string][]string{}
+			peers[v] = cur
+		case cur != nil:
+			cur[k] = append(cur[k], v)
 		}
 	}
+	return errno, peers
+}
+
+func first(vs []string) string {
+	if len(vs) == 0 {
+		return ""
+	}
+	return vs[0]
 }
 
 func hexKey(k wgtypes.Key) string {

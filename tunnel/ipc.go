@@ -52,12 +52,9 @@ func parseIpcGet(s string) (deviceState, []PeerStats, error) {
 			dev.ListenPort, err = strconv.Atoi(value)
 		case "public_key":
 			flush()
-			var k []byte
-			if k, err = hex.DecodeString(value); err == nil && len(k) != wgtypes.KeyLen {
-				err = fmt.Errorf("key is %d bytes", len(k))
-			}
-			if err == nil {
-				ps = append(ps, PeerStats{PublicKey: wgtypes.Key(k)})
+			var k wgtypes.Key
+			if k, err = parseHexKey(value); err == nil {
+				ps = append(ps, PeerStats{PublicKey: k})
 				cur = &ps[len(ps)-1]
 			}
 		default:
@@ -88,4 +85,14 @@ func parseIpcGet(s string) (deviceState, []PeerStats, error) {
 	}
 	flush()
 	return dev, ps, nil
+}
+
+// parseHexKey parses a key as UAPI writes it: 64 hex digits.
+func parseHexKey(s string) (wgtypes.Key, error) {
+	var k wgtypes.Key
+	if len(s) != 2*wgtypes.KeyLen {
+		return k, fmt.Errorf("key is %d hex digits, want %d", len(s), 2*wgtypes.KeyLen)
+	}
+	_, err := hex.Decode(k[:], []byte(s))
+	return k, err
 }

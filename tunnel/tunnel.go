@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -151,53 +150,6 @@ func (t *Tunnel) listenPort() (int, error) {
 	return dev.ListenPort, nil
 }
 
-// serveUAPI serves wireguard-go's UAPI on a unix socket, as the wg tool and
-// wgctrl expect at /var/run/wireguard/<name>.sock.
-func (t *Tunnel) serveUAPI(path string) error {
-	// A socket left by a crashed gateway would make Listen fail.
-	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		os.Remove(path)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return fmt.Errorf("UAPI socket %s: %w (is another gateway running with the same name?)", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return fmt.Errorf("UAPI socket %s: %w", path, err)
-	}
-	t.uapi = l
-	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			select {
-			case t.uapiSem <- struct{}{}:
-			default:
-				c.Close()
-				continue
-			}
-			t.connMu.Lock()
-			t.conns[c] = struct{}{}
-			t.connMu.Unlock()
-			t.wg.Add(1)
-			go func() {
-				defer t.wg.Done()
-				defer func() { <-t.uapiSem }()
-				t.dev.IpcHandle(c) // closes c
-				t.connMu.Lock()
-				delete(t.conns, c)
-				t.connMu.Unlock()
-			}()
-		}
-	}()
-	return nil
-}
-
 // SetPeers makes the configured peers exactly ps. They are kept in the
 // tunnel's table; the device holds only the peers in use (see lazy.go).
 // Loaded peers that did not change are not touched, so their sessions and
@@ -272,6 +224,12 @@ func (t *Tunnel) Stats() ([]PeerStats, error) {
 	if err != nil {
 		return nil, err
 	}
+	return t.mergedStatsLocked(live), nil
+}
+
+// mergedStatsLocked is every configured peer's state, sorted by key, from
+// the device's live figures and the table. t.mu must be held.
+func (t *Tunnel) mergedStatsLocked(live []PeerStats) []PeerStats {
 	byKey := make(map[wgtypes.Key]PeerStats, len(live))
 	for _, s := range live {
 		byKey[s.PublicKey] = s
@@ -287,7 +245,7 @@ func (t *Tunnel) Stats() ([]PeerStats, error) {
 		out = append(out, s)
 	}
 	slices.SortFunc(out, func(a, b PeerStats) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
-	return out, nil
+	return out
 }
 
 // LoadStats counts the peers the device holds now and the loads and

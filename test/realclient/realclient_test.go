@@ -21,6 +21,7 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 var tools = []string{"ip", "wg", "wg-quick", "wireguard-go", "dig", "curl", "ping"}
@@ -315,6 +316,21 @@ func TestLaptopWalkthrough(t *testing.T) {
 		if !handshakeRE.MatchString(out) || !transferRE.MatchString(out) {
 			t.Errorf("wg show %s lacks a recent handshake and transfer:\n%s", g.iface, out)
 		}
+		// A peer that never connected is not loaded into wireguard-go;
+		// wg show still lists it, as kernel WireGuard would.
+		conf := g.devgate(t, "wireguard", "create", "personal", "local", "idle", "stdout")
+		m := regexp.MustCompile(`PrivateKey = (\S+)`).FindStringSubmatch(conf)
+		if m == nil {
+			t.Fatalf("no PrivateKey in the config:\n%s", conf)
+		}
+		priv, err := wgtypes.ParseKey(m[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out := run(t, "wg", "show", g.iface, "peers"); !strings.Contains(out, priv.PublicKey().String()) {
+			t.Errorf("wg show %s peers lacks the idle peer %s:\n%s", g.iface, priv.PublicKey(), out)
+		}
+		g.devgate(t, "wireguard", "remove", "personal", "idle")
 	})
 	t.Run("another organization is isolated", func(t *testing.T) {
 		g.devgate(t, "orgs", "create", "acme")
