@@ -13,6 +13,7 @@ import (
 	"github.com/devgate/devgate/client"
 	"github.com/devgate/devgate/store"
 	mdns "github.com/miekg/dns"
+	"golang.org/x/net/websocket"
 )
 
 func get(t *testing.T, c *client.Client, url string) (*http.Response, string) {
@@ -33,6 +34,37 @@ func get(t *testing.T, c *client.Client, url string) (*http.Response, string) {
 		t.Fatalf("GET %s: body: %v", url, err)
 	}
 	return resp, string(body)
+}
+
+// wsEcho opens a WebSocket to hello's /ws echo at addr through the tunnel
+// and checks that a message comes back.
+func wsEcho(t *testing.T, c *client.Client, addr netip.Addr) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := c.DialContext(ctx, "tcp", netip.AddrPortFrom(addr, 80).String())
+	if err != nil {
+		t.Fatalf("WebSocket: dial: %v", err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	cfg, err := websocket.NewConfig("ws://hello.flycast/ws", "http://laptop/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := websocket.NewClient(cfg, conn)
+	if err != nil {
+		t.Fatalf("WebSocket: handshake through the proxy: %v", err)
+	}
+	for _, msg := range []string{"hello over WireGuard", strings.Repeat("x", 20000)} {
+		if err := websocket.Message.Send(ws, msg); err != nil {
+			t.Fatalf("WebSocket: send: %v", err)
+		}
+		var got string
+		if err := websocket.Message.Receive(ws, &got); err != nil || got != msg {
+			t.Fatalf("WebSocket: echo of %d bytes = %d bytes, %v", len(msg), len(got), err)
+		}
+	}
 }
 
 func (h *harness) stopAll(app string) {
@@ -97,6 +129,8 @@ func TestFlycastWalkthrough(t *testing.T) {
 			t.Errorf("backend did not get %s; it saw:\n%s", hdr, body)
 		}
 	}
+	// A WebSocket upgrade passes through the http handler and the tunnel.
+	wsEcho(t, c, flycastIP)
 	started := h.machines("hello")
 	for _, m := range started {
 		if m.State == store.MachineStarted {
@@ -128,7 +162,8 @@ func TestFlycastWalkthrough(t *testing.T) {
 	for _, want := range []string{`devgate_wakes_total{app="hello",result="ok"}`, "devgate_wake_seconds_bucket", "devgate_requests_total",
 		`devgate_dns_queries_total{rcode="NOERROR",type="AAAA"}`, `devgate_peer_rx_bytes_total{org="personal",peer="laptop"}`,
 		"devgate_peer_handshake_age_seconds", `devgate_netstack_refused_total{reason="cross_network"}`,
-		"devgate_wireguard_peers_loaded 1", "devgate_wireguard_peer_loads_total 1", `devgate_netstack_acks_held_total{outcome="carried"}`} {
+		"devgate_wireguard_peers_loaded 1", "devgate_wireguard_peer_loads_total 1", `devgate_netstack_acks_held_total{outcome="carried"}`,
+		"devgate_http_handoffs_total 1"} { // the WebSocket upgrade
 		if !strings.Contains(string(mbody), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

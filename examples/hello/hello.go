@@ -1,6 +1,7 @@
 // Package hello is devgate's stand-in for the nginxdemos/hello image: a page
 // that says which machine answered, from which address, for which request,
 // so that a user can watch Flycast wake and balance machines with curl.
+// /ws is a WebSocket echo, to show upgrades pass through the proxy.
 //
 // It owns only its HTTP server. It must never import devgate's own packages:
 // it plays the part of an arbitrary user app, which knows devgate only
@@ -17,6 +18,8 @@ import (
 	"os"
 	"sort"
 	"time"
+
+	"golang.org/x/net/websocket"
 )
 
 // Server limits. A client of the example is anyone on the private network,
@@ -27,6 +30,8 @@ const (
 	writeTimeout      = 30 * time.Second
 	idleTimeout       = 2 * time.Minute
 	maxHeaderBytes    = 64 << 10
+	// maxWSMessage bounds one message the WebSocket echo takes.
+	maxWSMessage = 64 << 10
 	// shutdownTimeout bounds how long Run waits for requests in flight
 	// after its context ends.
 	shutdownTimeout = 5 * time.Second
@@ -64,7 +69,7 @@ var pageTmpl = template.Must(template.New("hello").Parse(`<!DOCTYPE html>
 `))
 
 // Handler serves the hello page on every path but /healthz, which answers
-// 200 "ok". It reads the machine's identity from the environment
+// 200 "ok", and /ws, a WebSocket echo. It reads the machine's identity from the environment
 // (FLY_MACHINE_ID, FLY_APP_NAME, FLY_REGION) when called.
 func Handler() http.Handler {
 	host, err := os.Hostname()
@@ -88,6 +93,12 @@ func Handler() http.Handler {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprint(w, "ok")
 	})
+	mux.Handle("/ws", websocket.Server{
+		// Any origin: the echo serves no cookies or credentials, so a page
+		// elsewhere gains nothing by using it.
+		Handshake: func(*websocket.Config, *http.Request) error { return nil },
+		Handler:   echo,
+	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		p := base
 		if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
@@ -109,6 +120,43 @@ func Handler() http.Handler {
 		pageTmpl.Execute(w, p)
 	})
 	return mux
+}
+
+// wsFrame is one WebSocket message with its type (text or binary).
+type wsFrame struct {
+	data []byte
+	typ  byte
+}
+
+// frameCodec reads and writes messages keeping their type, so the echo
+// answers text with text and binary with binary.
+var frameCodec = websocket.Codec{
+	Marshal: func(v any) ([]byte, byte, error) {
+		f := v.(*wsFrame)
+		return f.data, f.typ, nil
+	},
+	Unmarshal: func(data []byte, typ byte, v any) error {
+		f := v.(*wsFrame)
+		f.data, f.typ = data, typ
+		return nil
+	},
+}
+
+// echo sends every message back until the client closes, sends a message
+// over maxWSMessage, or stays silent for idleTimeout.
+func echo(ws *websocket.Conn) {
+	defer ws.Close()
+	ws.MaxPayloadBytes = maxWSMessage
+	for {
+		ws.SetDeadline(time.Now().Add(idleTimeout))
+		var f wsFrame
+		if err := frameCodec.Receive(ws, &f); err != nil {
+			return
+		}
+		if err := frameCodec.Send(ws, &f); err != nil {
+			return
+		}
+	}
 }
 
 // ListenAddr is where Run listens by default: ":$PORT" when PORT is set

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/websocket"
 )
 
 func TestHandlerPage(t *testing.T) {
@@ -118,5 +120,42 @@ func TestRunServesAndShutsDown(t *testing.T) {
 	}
 	if _, err := client.Get("http://" + addr + "/"); err == nil {
 		t.Error("still serving after shutdown")
+	}
+}
+
+func TestWebSocketEcho(t *testing.T) {
+	srv := httptest.NewServer(Handler())
+	defer srv.Close()
+	ws, err := websocket.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws", "", "http://laptop/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	ws.SetDeadline(time.Now().Add(10 * time.Second))
+	// Text comes back as text and binary as binary.
+	if err := websocket.Message.Send(ws, "hello, machine"); err != nil {
+		t.Fatal(err)
+	}
+	var s string
+	if err := websocket.Message.Receive(ws, &s); err != nil || s != "hello, machine" {
+		t.Fatalf("text echo = %q, %v", s, err)
+	}
+	if ws.PayloadType != websocket.TextFrame {
+		t.Errorf("text echoed as frame type %d", ws.PayloadType)
+	}
+	var f wsFrame
+	if err := websocket.Message.Send(ws, []byte{0, 1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := frameCodec.Receive(ws, &f); err != nil || string(f.data) != "\x00\x01\x02" || f.typ != websocket.BinaryFrame {
+		t.Fatalf("binary echo = %q type %d, %v", f.data, f.typ, err)
+	}
+	// A message over the limit ends the connection instead of growing a
+	// buffer without bound.
+	if err := websocket.Message.Send(ws, make([]byte, maxWSMessage+1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := websocket.Message.Receive(ws, &s); err == nil {
+		t.Error("oversized message echoed, want the connection closed")
 	}
 }
