@@ -437,6 +437,19 @@ func TestUAPI(t *testing.T) {
 	if ls := gw.tun.Loads(); ls.Configured != 3 || ls.Loaded != 1 {
 		t.Errorf("configured/loaded peers = %d/%d, want 3/1 (listing must not load idle peers)", ls.Configured, ls.Loaded)
 	}
+
+	// An operator removing a configured peer by hand unloads it: its
+	// counters stay, and its next handshake would load it again.
+	if errno, _ := uapi(t, path, "set=1\npublic_key="+hexKey(p.PublicKey)+"\nremove=true\n\n"); errno != "0" {
+		t.Fatalf("UAPI remove: errno=%s", errno)
+	}
+	if ls := gw.tun.Loads(); ls.Loaded != 0 || ls.Unloads != 1 {
+		t.Errorf("after removing the laptop by hand: loaded %d, unloads %d; want 0 and 1", ls.Loaded, ls.Unloads)
+	}
+	_, got = uapi(t, path, "get=1\n\n")
+	if after := got[hexKey(p.PublicKey)]; first(after["rx_bytes"]) != first(laptop["rx_bytes"]) || first(after["rx_bytes"]) == "" {
+		t.Errorf("laptop's rx_bytes after removal = %q, want %q kept", after["rx_bytes"], laptop["rx_bytes"])
+	}
 }
 
 // uapi sends one UAPI request and returns its errno and, for a get, each

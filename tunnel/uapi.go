@@ -11,6 +11,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // serveUAPI serves wireguard-go's UAPI on a unix socket, as the wg tool and
@@ -74,7 +75,7 @@ func (t *Tunnel) handleUAPI(c net.Conn) {
 		}
 		switch op {
 		case "set=1\n":
-			err = t.dev.IpcSetOperation(rw.Reader)
+			err = t.uapiSet(rw.Reader)
 		case "get=1\n":
 			if b, rerr := rw.ReadByte(); rerr != nil || b != '\n' {
 				return
@@ -97,6 +98,37 @@ func (t *Tunnel) handleUAPI(c net.Conn) {
 			return
 		}
 	}
+}
+
+// uapiSet applies a UAPI set to the device. A configured peer the set
+// removed from the device is marked unloaded, with its counters kept, so
+// that its next handshake or packet loads it again.
+func (t *Tunnel) uapiSet(r io.Reader) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	before, err := t.deviceStats()
+	if err != nil {
+		return err
+	}
+	err = t.dev.IpcSetOperation(r)
+	after, serr := t.deviceStats()
+	if serr != nil {
+		return errors.Join(err, serr)
+	}
+	in := make(map[wgtypes.Key]bool, len(after))
+	for _, s := range after {
+		in[s.PublicKey] = true
+	}
+	tab := t.table.Load()
+	for _, s := range before {
+		if e := tab.byKey[s.PublicKey]; e != nil && e.loaded.Load() && !in[s.PublicKey] {
+			e.saved = mergeStats(e.saved, s)
+			e.reachable.Store(e.saved.Endpoint.IsValid())
+			e.loaded.Store(false)
+			t.unloads.Add(1)
+		}
+	}
+	return err
 }
 
 // uapiGet writes the UAPI get answer: the device's own lines, then every
