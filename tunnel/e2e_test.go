@@ -283,7 +283,7 @@ func TestPing(t *testing.T) {
 	c, _ := gw.addClient(t, 1, false)
 	// Many pings in a row, as the demo and users' scripts send them: a
 	// reply that arrives before wireguard-go's PingConn starts waiting is
-	// never seen on that socket, so each one must still be answered.
+	// seen only with the next reply, so Ping must still answer each.
 	for i := range 200 {
 		if _, err := c.Ping(ctxTimeout(t, 15*time.Second), service); err != nil {
 			t.Fatalf("ping %d of the existing address: %v", i+1, err)
@@ -438,6 +438,38 @@ func TestUAPI(t *testing.T) {
 		t.Errorf("configured/loaded peers = %d/%d, want 3/1 (listing must not load idle peers)", ls.Configured, ls.Loaded)
 	}
 
+	// wg setconf replaces every peer: the laptop comes back with its
+	// counters restarted in the device, and kept in what is reported.
+	lines := "set=1\nreplace_peers=true\npublic_key=" + hexKey(p.PublicKey) + "\nallowed_ip=" + p.AllowedIPs[0].String() +
+		"\npublic_key=" + hexKey(manual.PublicKey()) + "\nallowed_ip=fd00:99::/64\n\n"
+	if errno, _ := uapi(t, path, lines); errno != "0" {
+		t.Fatalf("UAPI replace_peers: errno=%s", errno)
+	}
+	if _, got = uapi(t, path, "get=1\n\n"); first(got[hexKey(p.PublicKey)]["rx_bytes"]) != first(laptop["rx_bytes"]) {
+		t.Errorf("laptop's rx_bytes after replace_peers = %q, want %q kept", got[hexKey(p.PublicKey)]["rx_bytes"], laptop["rx_bytes"])
+	}
+
+	// The device's own key and port stay devgate's.
+	if errno, _ := uapi(t, path, "set=1\nlisten_port=1\n\n"); errno == "0" {
+		t.Error("UAPI set of listen_port accepted")
+	}
+	if _, got = uapi(t, path, "get=1\n\n"); len(got) != 4 {
+		t.Errorf("after a refused set: %d peers, want 4", len(got))
+	}
+
+	// A second gateway does not take over the socket of a running one.
+	st2, err := netstack.New(netstack.Config{Router: &testRouter{}, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st2.Close()
+	if tn, err := tunnel.New(tunnel.Config{PrivateKey: gw.key, TUN: st2.TUN(), UAPIPath: path, Logf: t.Logf}); err == nil {
+		tn.Close()
+		t.Error("second tunnel on a live UAPI socket started")
+	} else if !strings.Contains(err.Error(), "in use") {
+		t.Errorf("second tunnel on a live UAPI socket: %v, want it in use", err)
+	}
+
 	// An operator removing a configured peer by hand unloads it: its
 	// counters stay, and its next handshake would load it again.
 	if errno, _ := uapi(t, path, "set=1\npublic_key="+hexKey(p.PublicKey)+"\nremove=true\n\n"); errno != "0" {
@@ -445,6 +477,13 @@ func TestUAPI(t *testing.T) {
 	}
 	if ls := gw.tun.Loads(); ls.Loaded != 0 || ls.Unloads != 1 {
 		t.Errorf("after removing the laptop by hand: loaded %d, unloads %d; want 0 and 1", ls.Loaded, ls.Unloads)
+	}
+	// Adding a configured peer by hand loads it.
+	if errno, _ := uapi(t, path, "set=1\npublic_key="+hexKey(idle[0].PublicKey)+"\nallowed_ip="+idle[0].AllowedIPs[0].String()+"\n\n"); errno != "0" {
+		t.Fatalf("UAPI add: errno=%s", errno)
+	}
+	if ls := gw.tun.Loads(); ls.Loaded != 1 {
+		t.Errorf("after adding an idle peer by hand: loaded %d, want 1", ls.Loaded)
 	}
 	_, got = uapi(t, path, "get=1\n\n")
 	if after := got[hexKey(p.PublicKey)]; first(after["rx_bytes"]) != first(laptop["rx_bytes"]) || first(after["rx_bytes"]) == "" {

@@ -2,14 +2,14 @@ package tunnel
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"strings"
+	"time"
 
-	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -17,8 +17,13 @@ import (
 // serveUAPI serves wireguard-go's UAPI on a unix socket, as the wg tool and
 // wgctrl expect at /var/run/wireguard/<name>.sock.
 func (t *Tunnel) serveUAPI(path string) error {
-	// A socket left by a crashed gateway would make Listen fail.
+	// A socket left by a crashed gateway would make Listen fail; one that
+	// answers belongs to a running gateway and is not taken over.
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return fmt.Errorf("UAPI socket %s is in use by a running gateway; give this one another --wg-interface", path)
+		}
 		os.Remove(path)
 	}
 	l, err := net.Listen("unix", path)
@@ -45,6 +50,14 @@ func (t *Tunnel) serveUAPI(path string) error {
 				continue
 			}
 			t.connMu.Lock()
+			select {
+			case <-t.closing: // Close already closed the others
+				t.connMu.Unlock()
+				c.Close()
+				<-t.uapiSem
+				return
+			default:
+			}
 			t.conns[c] = struct{}{}
 			t.connMu.Unlock()
 			t.wg.Add(1)
@@ -61,68 +74,135 @@ func (t *Tunnel) serveUAPI(path string) error {
 	return nil
 }
 
+// maxUAPISet bounds one UAPI set request: 10,000 peers written by
+// `wg setconf` take ~2 MB.
+const maxUAPISet = 16 << 20
+
 // handleUAPI answers one UAPI client until it hangs up, as wireguard-go's
 // IpcHandle does, except that a get lists every configured peer (see
 // uapiGet): with lazy loading the device alone would show only the peers
-// in use.
+// in use. The tunnel's lock is never held while the client is read or
+// written, so a slow client cannot stall peer loading.
 func (t *Tunnel) handleUAPI(c net.Conn) {
 	defer c.Close()
-	rw := bufio.NewReadWriter(bufio.NewReader(c), bufio.NewWriter(c))
+	r := bufio.NewReader(c)
 	for {
-		op, err := rw.ReadString('\n')
+		op, err := r.ReadString('\n')
 		if err != nil {
 			return
 		}
+		var out []byte
 		switch op {
 		case "set=1\n":
-			err = t.uapiSet(rw.Reader)
-		case "get=1\n":
-			if b, rerr := rw.ReadByte(); rerr != nil || b != '\n' {
+			var req []byte
+			if req, err = readUAPISet(r); err != nil {
 				return
 			}
-			err = t.uapiGet(rw.Writer)
+			err = t.uapiSet(req)
+		case "get=1\n":
+			if b, rerr := r.ReadByte(); rerr != nil || b != '\n' {
+				return
+			}
+			out, err = t.uapiGet()
 		default:
 			t.logf("wireguard: UAPI: unknown operation %q", strings.TrimSpace(op))
 			return
 		}
 		errno := int64(0)
 		if err != nil {
+			t.logf("wireguard: UAPI: %v", err)
 			errno = ipc.IpcErrorUnknown
-			var e *device.IPCError
+			var e interface{ ErrorCode() int64 } // *device.IPCError, uapiError
 			if errors.As(err, &e) {
 				errno = e.ErrorCode()
 			}
 		}
-		fmt.Fprintf(rw, "errno=%d\n\n", errno)
-		if rw.Flush() != nil {
+		out = fmt.Appendf(out, "errno=%d\n\n", errno)
+		if _, err := c.Write(out); err != nil {
 			return
 		}
 	}
 }
 
-// uapiSet applies a UAPI set to the device. A configured peer the set
-// removed from the device is marked unloaded, with its counters kept, so
-// that its next handshake or packet loads it again.
-func (t *Tunnel) uapiSet(r io.Reader) error {
+// uapiError is a UAPI failure with the errno the client gets.
+type uapiError struct {
+	code int64
+	msg  string
+}
+
+func (e uapiError) Error() string    { return e.msg }
+func (e uapiError) ErrorCode() int64 { return e.code }
+
+// readUAPISet reads a set request's lines up to and including the blank
+// line that ends it.
+func readUAPISet(r *bufio.Reader) ([]byte, error) {
+	var req []byte
+	for {
+		line, err := r.ReadSlice('\n')
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return nil, err
+		}
+		if len(req)+len(line) > maxUAPISet {
+			return nil, fmt.Errorf("UAPI set over %d bytes", maxUAPISet)
+		}
+		req = append(req, line...)
+		if err == nil && len(line) == 1 && (len(req) == 1 || req[len(req)-2] == '\n') {
+			return req, nil
+		}
+	}
+}
+
+// uapiSet applies a UAPI set to the device and brings the table in line:
+// a configured peer the set removed is unloaded with its counters kept (its
+// next handshake or packet loads it again); one the set added is loaded;
+// one it recreated (replace_peers) keeps the counters it had. The device's
+// own keys are refused: lazy loading answers handshakes with the private
+// key and port devgate set, so those change only through devgate's config.
+func (t *Tunnel) uapiSet(req []byte) error {
+	for line := range strings.SplitSeq(string(req), "\n") {
+		key, _, _ := strings.Cut(line, "=")
+		if key == "public_key" {
+			break // peer lines from here on
+		}
+		if key == "private_key" || key == "listen_port" {
+			return uapiError{ipc.IpcErrorInvalid, "UAPI set of " + key + " refused: devgate sets the gateway's key and port (serve --listen-port; the key is in the data dir)"}
+		}
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	before, err := t.deviceStats()
 	if err != nil {
 		return err
 	}
-	err = t.dev.IpcSetOperation(r)
+	err = t.dev.IpcSetOperation(bytes.NewReader(req))
 	after, serr := t.deviceStats()
 	if serr != nil {
 		return errors.Join(err, serr)
 	}
-	in := make(map[wgtypes.Key]bool, len(after))
-	for _, s := range after {
-		in[s.PublicKey] = true
+	was := make(map[wgtypes.Key]PeerStats, len(before))
+	for _, s := range before {
+		was[s.PublicKey] = s
 	}
 	tab := t.table.Load()
-	for _, s := range before {
-		if e := tab.byKey[s.PublicKey]; e != nil && e.loaded.Load() && !in[s.PublicKey] {
-			e.saved = mergeStats(e.saved, s)
+	now := time.Now()
+	for _, s := range after {
+		e := tab.byKey[s.PublicKey]
+		if e == nil {
+			continue // a peer of the operator's own
+		}
+		if b, ok := was[s.PublicKey]; ok && (s.RxBytes < b.RxBytes || s.TxBytes < b.TxBytes) {
+			e.saved = mergeStats(e.saved, b) // recreated: its counters restarted
+		}
+		if !e.loaded.Load() {
+			e.loadedAt = now
+			e.loaded.Store(true)
+			t.loads.Add(1)
+		}
+		delete(was, s.PublicKey)
+	}
+	for k, b := range was { // in the device before, not after: removed
+		if e := tab.byKey[k]; e != nil && e.loaded.Load() {
+			e.saved = mergeStats(e.saved, b)
 			e.reachable.Store(e.saved.Endpoint.IsValid())
 			e.loaded.Store(false)
 			t.unloads.Add(1)
@@ -131,41 +211,41 @@ func (t *Tunnel) uapiSet(r io.Reader) error {
 	return err
 }
 
-// uapiGet writes the UAPI get answer: the device's own lines, then every
+// uapiGet returns the UAPI get answer: the device's own lines, then every
 // configured peer with the counters kept across loads (as Stats reports
 // them), then any peer set on the device through UAPI by hand, as the
 // device reports it.
-func (t *Tunnel) uapiGet(w io.Writer) error {
+func (t *Tunnel) uapiGet() ([]byte, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s, err := t.dev.IpcGet()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	_, live, err := parseIpcGet(s)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// The device's text is its own lines, then one block per peer, each
 	// starting with public_key (no other key contains that string).
 	head, rest, _ := strings.Cut(s, "public_key=")
-	io.WriteString(w, head)
+	out := []byte(head)
 	for _, p := range t.mergedStatsLocked(live) {
-		writePeer(w, p)
+		out = appendPeer(out, p)
 	}
 	tab := t.table.Load()
 	for _, block := range strings.Split(rest, "public_key=") {
 		hexKey, _, _ := strings.Cut(block, "\n")
 		if k, err := parseHexKey(hexKey); err == nil && tab.byKey[k] == nil {
-			io.WriteString(w, "public_key="+block)
+			out = append(out, "public_key="...)
+			out = append(out, block...)
 		}
 	}
-	return nil
+	return out, nil
 }
 
-// writePeer writes p in the UAPI get format.
-func writePeer(w io.Writer, p PeerStats) {
-	var b []byte
+// appendPeer appends p in the UAPI get format.
+func appendPeer(b []byte, p PeerStats) []byte {
 	b = appendKeyLine(b, p.PublicKey)
 	b = append(b, "protocol_version=1\n"...)
 	if p.Endpoint.IsValid() {
@@ -182,5 +262,5 @@ func writePeer(w io.Writer, p PeerStats) {
 		b = a.AppendTo(b)
 		b = append(b, '\n')
 	}
-	w.Write(b)
+	return b
 }
