@@ -99,9 +99,15 @@ func (h *ackHolder) noteInbound(p []byte) {
 	end := binary.BigEndian.Uint32(p[40+4:]) + uint32(payload)
 	h.mu.Lock()
 	if h.flows == nil || len(h.flows) >= maxExpected {
-		// Stale flows go with the rest; an ACK held meanwhile is sent
-		// when due.
-		h.flows = make(map[flowKey]ackFlow)
+		// Flows whose segment was never answered (a peer can make them
+		// by the thousand) go; those with an ACK held stay.
+		kept := make(map[flowKey]ackFlow, len(h.held)+1)
+		for _, a := range h.held {
+			if f, ok := h.flows[a.key]; ok {
+				kept[a.key] = f
+			}
+		}
+		h.flows = kept
 	}
 	f := h.flows[k]
 	f.want = end
@@ -140,7 +146,9 @@ func (h *ackHolder) hold(p []byte) bool {
 	if seqBefore(ack, f.want) {
 		return false // an earlier segment's ACK: the request's is to come
 	}
-	if !bare || f.held || len(p) > maxHeldLen || len(h.held) >= maxHeld {
+	// Only the ACK of exactly the request waits. One past it acknowledges
+	// data that filled a gap, which RFC 5681 wants sent at once.
+	if !bare || f.held || ack != f.want || len(p) > maxHeldLen || len(h.held) >= maxHeld {
 		h.forget(k)
 		return false
 	}
@@ -184,7 +192,7 @@ func (h *ackHolder) release(bufs [][]byte, sizes []int, offset, n int) (int, <-c
 		a := &h.held[i]
 		sizes[n] = copy(bufs[n][offset:], a.b[:a.n])
 		n++
-		if f, ok := h.flows[a.key]; ok && f.held {
+		if f, ok := h.flows[a.key]; ok && f.held && f.ack == a.ack {
 			if f.want == a.ack {
 				h.forget(a.key)
 			} else { // a newer small segment came meanwhile

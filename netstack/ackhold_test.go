@@ -102,6 +102,12 @@ func TestAckHolder(t *testing.T) {
 		if h.hold(reply(tcpSeg(40001, 80, 5000, ack, 0), 1100)) {
 			t.Error("another flow's ACK held")
 		}
+		// A retransmitted request below data already acknowledged, or
+		// data that filled a gap: the ACK goes at once.
+		h.noteInbound(request)
+		if h.hold(reply(tcpSeg(40000, 80, 5000, ack, 0), 1500)) {
+			t.Error("ACK beyond the request's end held")
+		}
 	})
 	t.Run("bounded", func(t *testing.T) {
 		var h ackHolder
@@ -123,6 +129,14 @@ func TestAckHolder(t *testing.T) {
 		}
 		if held != maxHeld || heldCount(&h) != maxHeld {
 			t.Errorf("held %d ACKs of %d, want %d", held, maxHeld+10, maxHeld)
+		}
+		// A flood of new flows clears the waiting ones but keeps the
+		// held ACKs' flows, so their responses still carry them.
+		for i := range maxExpected {
+			h.noteInbound(tcpSeg(uint16(i), 81, 1000, psh, 100))
+		}
+		if h.hold(reply(tcpSeg(0, 80, 5000, psh, 600), 1100)) || heldCount(&h) != maxHeld-1 {
+			t.Errorf("after the flood a response did not carry its held ACK: %d held", heldCount(&h))
 		}
 	})
 }
