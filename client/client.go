@@ -225,21 +225,26 @@ func (c *Client) exchange(ctx context.Context, network string, server netip.Addr
 	}
 }
 
-// pingInterval is how long Ping waits for one echo's reply before it
-// sends the next, as ping(8) does.
-const pingInterval = time.Second
+// Ping's wait for one echo's reply starts at pingFirstWait and doubles up
+// to pingMaxWait, as ping(8) sends one a second.
+const (
+	pingFirstWait = 200 * time.Millisecond
+	pingMaxWait   = time.Second
+)
 
-// Ping sends ICMPv6 echo requests to addr through the tunnel, one each
-// pingInterval, and returns the round-trip time of the first that is
-// answered. It gives up when ctx ends.
+// Ping sends ICMPv6 echo requests to addr through the tunnel until one is
+// answered, and returns that echo's round-trip time. It gives up when ctx
+// ends.
 //
-// Each echo goes out on a fresh ping socket: wireguard-go's PingConn waits
-// for a "readable" event before it reads, so a reply that arrives before
-// the read starts waiting stays queued unseen, and every later read on
-// that socket would be one reply behind.
+// Each echo goes out on a fresh socket. wireguard-go's PingConn waits for
+// a "readable" event before it reads, and gVisor signals one only when the
+// socket's queue goes from empty to not: a reply that arrives between the
+// write and that wait is never seen, and neither is any later one on the
+// same socket. A missed reply so costs one wait (200 ms the first time).
 func (c *Client) Ping(ctx context.Context, addr netip.Addr) (time.Duration, error) {
+	wait := pingFirstWait
 	for seq := 1; ; seq++ {
-		rtt, err := c.echo(ctx, addr, seq)
+		rtt, err := c.echo(ctx, addr, seq, wait)
 		switch {
 		case err == nil:
 			return rtt, nil
@@ -248,21 +253,22 @@ func (c *Client) Ping(ctx context.Context, addr netip.Addr) (time.Duration, erro
 		case !errors.Is(err, os.ErrDeadlineExceeded):
 			return 0, fmt.Errorf("client: ping %s: %w", addr, err)
 		}
+		wait = min(2*wait, pingMaxWait)
 	}
 }
 
 // echo sends one echo request with sequence number seq and waits up to
-// pingInterval (or until ctx ends) for its reply.
-func (c *Client) echo(ctx context.Context, addr netip.Addr, seq int) (time.Duration, error) {
+// wait (or until ctx ends) for its reply.
+func (c *Client) echo(ctx context.Context, addr netip.Addr, seq int, wait time.Duration) (time.Duration, error) {
 	pc, err := c.net.DialPingAddr(netip.Addr{}, addr)
 	if err != nil {
 		return 0, err
 	}
 	defer pc.Close()
-	pc.SetReadDeadline(time.Now().Add(pingInterval))
+	pc.SetReadDeadline(time.Now().Add(wait))
 	stop := context.AfterFunc(ctx, func() { pc.SetReadDeadline(time.Now()) })
 	defer stop()
-	msg := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: 1, Seq: seq, Data: []byte("devgate")}}
+	msg := icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: 1, Seq: int(uint16(seq)), Data: []byte("devgate")}}
 	b, err := msg.Marshal(nil)
 	if err != nil {
 		return 0, err
@@ -283,7 +289,7 @@ func (c *Client) echo(ctx context.Context, addr netip.Addr, seq int) (time.Durat
 		if err != nil || m.Type != ipv6.ICMPTypeEchoReply {
 			continue
 		}
-		if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == seq {
+		if e, ok := m.Body.(*icmp.Echo); ok && e.Seq == int(uint16(seq)) {
 			return time.Since(start), nil
 		}
 	}

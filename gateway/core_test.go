@@ -50,7 +50,7 @@ func TestCore(t *testing.T) {
 		}
 	})
 	t.Run("ping the resolver", func(t *testing.T) {
-		// Ping sends an echo a second until one is answered.
+		// Ping resends its echo until one is answered.
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		if _, err := c.Ping(pctx, resolver); err != nil {
