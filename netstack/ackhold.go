@@ -82,13 +82,11 @@ type ackFlow struct {
 // noteInbound records an inbound TCP segment with PSH and a small payload:
 // the bare ACK that answers it may wait for the reply.
 func (h *ackHolder) noteInbound(p []byte) {
-	if len(p) < 60 || p[6] != ipProtoTCP {
+	seq, end, ok := tcpData(p)
+	if !ok || end-seq >= smallSegment {
 		return
 	}
-	hl := int(p[40+12]>>4) * 4
-	payload := int(binary.BigEndian.Uint16(p[4:])) - hl
-	flags := header.TCPFlags(p[40+13])
-	if payload <= 0 || payload >= smallSegment || flags&header.TCPFlagPsh == 0 || flags&(header.TCPFlagFin|header.TCPFlagRst|header.TCPFlagSyn) != 0 {
+	if flags := header.TCPFlags(p[40+13]); flags&header.TCPFlagPsh == 0 || flags&(header.TCPFlagFin|header.TCPFlagRst|header.TCPFlagSyn) != 0 {
 		return
 	}
 	var k flowKey
@@ -96,7 +94,6 @@ func (h *ackHolder) noteInbound(p []byte) {
 	copy(k[16:32], p[8:24])
 	copy(k[32:34], p[42:44])
 	copy(k[34:36], p[40:42])
-	end := binary.BigEndian.Uint32(p[40+4:]) + uint32(payload)
 	h.mu.Lock()
 	if h.flows == nil || len(h.flows) >= maxExpected {
 		// Flows whose segment was never answered (a peer can make them
@@ -126,8 +123,8 @@ func (h *ackHolder) hold(p []byte) bool {
 	k := flowKey(p[8:44])
 	flags := header.TCPFlags(p[40+13])
 	ack := binary.BigEndian.Uint32(p[40+8:])
-	hl := int(p[40+12]>>4) * 4
-	bare := flags == header.TCPFlagAck && int(binary.BigEndian.Uint16(p[4:])) == hl
+	_, _, data := tcpData(p)
+	bare := flags == header.TCPFlagAck && !data
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	f, ok := h.flows[k]

@@ -449,6 +449,11 @@ func TestUAPI(t *testing.T) {
 		t.Errorf("laptop's rx_bytes after replace_peers = %q, want %q kept", got[hexKey(p.PublicKey)]["rx_bytes"], laptop["rx_bytes"])
 	}
 
+	// A malformed get gets an errno, not silence.
+	if errno, _ := uapi(t, path, "get=1\nx\n"); errno == "0" || errno == "" {
+		t.Errorf("UAPI get with a trailing character: errno=%q, want an error", errno)
+	}
+
 	// The device's own key and port stay devgate's.
 	if errno, _ := uapi(t, path, "set=1\nlisten_port=1\n\n"); errno == "0" {
 		t.Error("UAPI set of listen_port accepted")

@@ -283,10 +283,25 @@ func (t *Tunnel) load(e *lazyPeer, withEndpoint bool) error {
 	if err := t.dev.IpcSetOperation(bytes.NewReader(b)); err != nil {
 		return err
 	}
-	e.loadedAt = time.Now()
+	t.markLoadedLocked(e, time.Now())
+	return nil
+}
+
+// markLoadedLocked records that the device now holds e. t.mu is held.
+func (t *Tunnel) markLoadedLocked(e *lazyPeer, now time.Time) {
+	e.loadedAt = now
 	e.loaded.Store(true)
 	t.loads.Add(1)
-	return nil
+}
+
+// markUnloadedLocked records that the device no longer holds e, whose
+// figures there were live: they are added to those of earlier loads, and
+// its endpoint lets an outbound packet load it again. t.mu is held.
+func (t *Tunnel) markUnloadedLocked(e *lazyPeer, live PeerStats) {
+	e.saved = mergeStats(e.saved, live)
+	e.reachable.Store(e.saved.Endpoint.IsValid())
+	e.loaded.Store(false)
+	t.unloads.Add(1)
 }
 
 // appendPeerLines appends the UAPI lines that create or update a peer
@@ -294,6 +309,11 @@ func (t *Tunnel) load(e *lazyPeer, withEndpoint bool) error {
 func appendPeerLines(b []byte, k wgtypes.Key, a []netip.Prefix) []byte {
 	b = appendKeyLine(b, k)
 	b = append(b, "replace_allowed_ips=true\n"...)
+	return appendAllowedIPs(b, a)
+}
+
+// appendAllowedIPs appends one UAPI allowed_ip line per prefix.
+func appendAllowedIPs(b []byte, a []netip.Prefix) []byte {
 	for _, p := range a {
 		b = append(b, "allowed_ip="...)
 		b = p.AppendTo(b)
@@ -331,8 +351,8 @@ func (t *Tunnel) sweep(now time.Time) error {
 	tab := t.table.Load()
 	var b []byte
 	type unload struct {
-		e     *lazyPeer
-		saved PeerStats
+		e    *lazyPeer
+		live PeerStats
 	}
 	var gone []unload
 	for _, s := range live {
@@ -349,7 +369,7 @@ func (t *Tunnel) sweep(now time.Time) error {
 		}
 		b = appendKeyLine(b, e.key)
 		b = append(b, "remove=true\n"...)
-		gone = append(gone, unload{e, mergeStats(e.saved, s)})
+		gone = append(gone, unload{e, s})
 	}
 	if len(gone) == 0 {
 		return nil
@@ -358,11 +378,8 @@ func (t *Tunnel) sweep(now time.Time) error {
 		return err
 	}
 	for _, u := range gone {
-		u.e.saved = u.saved
-		u.e.reachable.Store(u.saved.Endpoint.IsValid())
-		u.e.loaded.Store(false)
+		t.markUnloadedLocked(u.e, u.live)
 	}
-	t.unloads.Add(uint64(len(gone)))
 	return nil
 }
 

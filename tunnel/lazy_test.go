@@ -1,9 +1,13 @@
 package tunnel
 
 import (
+	"bufio"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
+	"io"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -205,4 +209,27 @@ func FuzzAdmit(f *testing.F) {
 			t.Fatalf("a message without the peer's key loaded it: %x", msg)
 		}
 	})
+}
+
+func TestReadUAPISet(t *testing.T) {
+	req := "set=1\npublic_key=" + strings.Repeat("ab", 32) + "\nallowed_ip=fd00::/64\n\n"
+	r := bufio.NewReader(strings.NewReader(req[len("set=1\n"):] + "get=1\n\n"))
+	got, err := readUAPISet(r)
+	if err != nil || string(got) != req[len("set=1\n"):] {
+		t.Fatalf("readUAPISet = %q, %v; want the set's lines through the blank one", got, err)
+	}
+	if rest, _ := io.ReadAll(r); string(rest) != "get=1\n\n" {
+		t.Errorf("left %q for the next request, want the get", rest)
+	}
+	// A line longer than the reader's buffer is not mistaken for the end.
+	long := "allowed_ip=" + strings.Repeat("x", 5000) + "\n\n"
+	if got, err := readUAPISet(bufio.NewReader(strings.NewReader(long))); err != nil || string(got) != long {
+		t.Errorf("long line: %d bytes, %v; want %d", len(got), err, len(long))
+	}
+	// An endless request is cut off with an errno for the client.
+	_, err = readUAPISet(bufio.NewReader(strings.NewReader(strings.Repeat("allowed_ip=fd00::/64\n", maxUAPISet/20))))
+	var ue uapiError
+	if !errors.As(err, &ue) || ue.ErrorCode() >= 0 {
+		t.Errorf("oversized set: %v, want a uapiError with a negative errno", err)
+	}
 }

@@ -92,18 +92,29 @@ func (t *Tunnel) handleUAPI(c net.Conn) {
 			return
 		}
 		var out []byte
+		desync := false // the request was not read to its end
 		switch op {
 		case "set=1\n":
-			var req []byte
-			if req, err = readUAPISet(r); err != nil {
-				return
+			req, rerr := readUAPISet(r)
+			switch {
+			case rerr == nil:
+				err = t.uapiSet(req)
+			case errors.As(rerr, new(uapiError)): // too long
+				err, desync = rerr, true
+			default:
+				return // the client went away
 			}
-			err = t.uapiSet(req)
 		case "get=1\n":
-			if b, rerr := r.ReadByte(); rerr != nil || b != '\n' {
+			b, rerr := r.ReadByte()
+			switch {
+			case rerr != nil:
 				return
+			case b != '\n':
+				desync = true
+				err = uapiError{ipc.IpcErrorInvalid, fmt.Sprintf("UAPI get: trailing character %q; a get is \"get=1\" and a blank line", b)}
+			default:
+				out, err = t.uapiGet()
 			}
-			out, err = t.uapiGet()
 		default:
 			t.logf("wireguard: UAPI: unknown operation %q", strings.TrimSpace(op))
 			return
@@ -118,7 +129,7 @@ func (t *Tunnel) handleUAPI(c net.Conn) {
 			}
 		}
 		out = fmt.Appendf(out, "errno=%d\n\n", errno)
-		if _, err := c.Write(out); err != nil {
+		if _, werr := c.Write(out); werr != nil || desync {
 			return
 		}
 	}
@@ -143,7 +154,7 @@ func readUAPISet(r *bufio.Reader) ([]byte, error) {
 			return nil, err
 		}
 		if len(req)+len(line) > maxUAPISet {
-			return nil, fmt.Errorf("UAPI set over %d bytes", maxUAPISet)
+			return nil, uapiError{ipc.IpcErrorInvalid, fmt.Sprintf("UAPI set over %d bytes; set the peers in smaller requests", maxUAPISet)}
 		}
 		req = append(req, line...)
 		if err == nil && len(line) == 1 && (len(req) == 1 || req[len(req)-2] == '\n') {
@@ -194,18 +205,13 @@ func (t *Tunnel) uapiSet(req []byte) error {
 			e.saved = mergeStats(e.saved, b) // recreated: its counters restarted
 		}
 		if !e.loaded.Load() {
-			e.loadedAt = now
-			e.loaded.Store(true)
-			t.loads.Add(1)
+			t.markLoadedLocked(e, now)
 		}
 		delete(was, s.PublicKey)
 	}
 	for k, b := range was { // in the device before, not after: removed
 		if e := tab.byKey[k]; e != nil && e.loaded.Load() {
-			e.saved = mergeStats(e.saved, b)
-			e.reachable.Store(e.saved.Endpoint.IsValid())
-			e.loaded.Store(false)
-			t.unloads.Add(1)
+			t.markUnloadedLocked(e, b)
 		}
 	}
 	return err
@@ -257,10 +263,5 @@ func appendPeer(b []byte, p PeerStats) []byte {
 	}
 	b = fmt.Appendf(b, "last_handshake_time_sec=%d\nlast_handshake_time_nsec=%d\n", sec, nsec)
 	b = fmt.Appendf(b, "tx_bytes=%d\nrx_bytes=%d\npersistent_keepalive_interval=0\n", p.TxBytes, p.RxBytes)
-	for _, a := range p.AllowedIPs {
-		b = append(b, "allowed_ip="...)
-		b = a.AppendTo(b)
-		b = append(b, '\n')
-	}
-	return b
+	return appendAllowedIPs(b, p.AllowedIPs)
 }
