@@ -7,6 +7,7 @@ package tunnel_test
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -24,6 +25,7 @@ import (
 	"github.com/devgate/devgate/netstack"
 	"github.com/devgate/devgate/peers"
 	"github.com/devgate/devgate/tunnel"
+	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -84,12 +86,12 @@ type gateway struct {
 
 func newGateway(t testing.TB, cfg netstack.Config, uapiPath string) *gateway {
 	t.Helper()
-	return newGatewayTun(t, cfg, tunnel.Config{UAPIPath: uapiPath})
+	return newGatewayTun(t, cfg, tunnel.Config{UAPIPath: uapiPath}, nil)
 }
 
 // newGatewayTun is newGateway with tunnel options; key, TUN and Logf are
-// filled in.
-func newGatewayTun(t testing.TB, cfg netstack.Config, tcfg tunnel.Config) *gateway {
+// filled in, the TUN passed through wrap if it is not nil.
+func newGatewayTun(t testing.TB, cfg netstack.Config, tcfg tunnel.Config, wrap func(tun.Device) tun.Device) *gateway {
 	t.Helper()
 	r := &testRouter{
 		tcp:    map[netip.AddrPort]netstack.TCPHandler{netip.AddrPortFrom(service, 80): echo(0)},
@@ -106,6 +108,9 @@ func newGatewayTun(t testing.TB, cfg netstack.Config, tcfg tunnel.Config) *gatew
 		t.Fatal(err)
 	}
 	tcfg.PrivateKey, tcfg.TUN, tcfg.Logf = key, st.TUN(), t.Logf
+	if wrap != nil {
+		tcfg.TUN = wrap(tcfg.TUN)
+	}
 	tn, err := tunnel.New(tcfg)
 	if err != nil {
 		st.Close()
@@ -235,7 +240,7 @@ func TestTCPNoRouteIsRefused(t *testing.T) {
 func TestHeldSYNStillConnects(t *testing.T) {
 	checkGoroutines(t)
 	// This gateway also uses the single-address bind (ListenAddr).
-	gw := newGatewayTun(t, netstack.Config{}, tunnel.Config{ListenAddr: netip.MustParseAddr("127.0.0.1")})
+	gw := newGatewayTun(t, netstack.Config{}, tunnel.Config{ListenAddr: netip.MustParseAddr("127.0.0.1")}, nil)
 	gw.router.tcp[netip.AddrPortFrom(service, 8080)] = echo(200 * time.Millisecond)
 	c, _ := gw.addClient(t, 1, false)
 	roundTrip(t, dialService(t, c, 8080), "woken")
@@ -655,5 +660,224 @@ func TestLazyPeers(t *testing.T) {
 	wantLoads(1, 3, 2)
 	if final := statsOf(); final.RxBytes <= after.RxBytes || final.TxBytes <= after.TxBytes {
 		t.Errorf("counters went from %+v to %+v, want them to keep growing", after, final)
+	}
+}
+
+// holdTUN stands for a netstack slower than the receive path, as on a
+// gateway with one busy core: while held, writes wait for the release.
+type holdTUN struct {
+	tun.Device
+	mu   sync.Mutex
+	hold chan struct{}
+}
+
+func (d *holdTUN) Write(bufs [][]byte, offset int) (int, error) {
+	d.mu.Lock()
+	h := d.hold
+	d.mu.Unlock()
+	if h != nil {
+		<-h
+	}
+	return d.Device.Write(bufs, offset)
+}
+
+func (d *holdTUN) setHold(on bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if on {
+		d.hold = make(chan struct{})
+	} else if d.hold != nil {
+		close(d.hold)
+		d.hold = nil
+	}
+}
+
+// waitFor polls cond every millisecond for up to 10 s.
+func waitFor(cond func() bool) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return true
+}
+
+// checksumServer serves port on gw: it reads each connection to its end
+// and sends the byte count and a checksum.
+func checksumServer(gw *gateway, port uint16) <-chan [2]uint64 {
+	sums := make(chan [2]uint64, 1)
+	gw.serve(port, func(c net.Conn) {
+		var n, sum uint64
+		buf := make([]byte, 64<<10)
+		for {
+			k, err := c.Read(buf)
+			for _, b := range buf[:k] {
+				sum = sum*31 + uint64(b)
+			}
+			n += uint64(k)
+			if err != nil {
+				sums <- [2]uint64{n, sum}
+				return
+			}
+		}
+	})
+	return sums
+}
+
+// uploadChecked writes size patterned bytes on conn, closes it, and checks
+// what a checksumServer received.
+func uploadChecked(t *testing.T, conn net.Conn, size int, sums <-chan [2]uint64) {
+	t.Helper()
+	data := make([]byte, size)
+	var want uint64
+	for i := range data {
+		data[i] = byte(i * 7 >> 3)
+		want = want*31 + uint64(data[i])
+	}
+	conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	if _, err := conn.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	select {
+	case got := <-sums:
+		if got != [2]uint64{uint64(size), want} {
+			t.Fatalf("handler got %d bytes (sum %x), want %d (sum %x)", got[0], got[1], size, want)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("upload did not finish")
+	}
+}
+
+// forgery returns a UDP socket to the gateway's port and a transport
+// message of size bytes for session index, with nothing valid in it.
+func forgery(t *testing.T, gw *gateway, size int, index uint32) (*net.UDPConn, []byte) {
+	t.Helper()
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(gw.tun.Port()))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	msg := make([]byte, size)
+	binary.LittleEndian.PutUint32(msg, 4) // transport
+	binary.LittleEndian.PutUint32(msg[4:8], index)
+	return c, msg
+}
+
+// TestReceiveGate runs the receive gate with real wireguard-go on both
+// ends: forged transport datagrams never count; a burst of datagrams (no
+// congestion control to pace it) meeting a held netstack makes the gate
+// hold wireguard-go's receive loop, and the release lets it go once half
+// are written; an upload through the gate arrives whole and in order.
+func TestReceiveGate(t *testing.T) {
+	checkGoroutines(t)
+	var held *holdTUN
+	gw := newGatewayTun(t, netstack.Config{}, tunnel.Config{}, func(d tun.Device) tun.Device {
+		held = &holdTUN{Device: d}
+		return held
+	})
+	const size = 8 << 20
+	sums := checksumServer(gw, 9)
+	c, _ := gw.addClient(t, 1, false)
+	echoConn := dialService(t, c, 80) // the handshake is done
+
+	// Forged transport datagrams, for an index devgate never handed out,
+	// then a round trip: by its end the receive loop has read them all.
+	forger, forged := forgery(t, gw, 1452, 0xab)
+	for range 2000 {
+		if _, err := forger.Write(forged); err != nil {
+			t.Fatal(err)
+		}
+	}
+	roundTrip(t, echoConn, "after the forgeries")
+	if !waitFor(func() bool { return gw.tun.GateCount() == 0 }) {
+		t.Fatalf("the gate still counts %d datagrams after the round trip", gw.tun.GateCount())
+	}
+	if gs := gw.tun.ReceiveGate(); gs != (tunnel.GateStats{}) {
+		t.Fatalf("2,000 forged datagrams moved the gate: %+v", gs)
+	}
+
+	// A burst into a held netstack. Were this goroutine stalled for two of
+	// the gate's windows after the release, the wait would end by writing
+	// off instead: then try again, at most 3 times.
+	udp, err := c.DialContext(ctxTimeout(t, 5*time.Second), "udp", netip.AddrPortFrom(service, 7).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	payload := make([]byte, 1200)
+	var gs tunnel.GateStats
+	for range 3 {
+		held.setHold(true)
+		for range 600 {
+			udp.Write(payload) // the port is closed: some writes fail on the ICMP errors
+		}
+		engaged := waitFor(gw.tun.GateWaiting)
+		held.setHold(false)
+		if !engaged {
+			t.Fatalf("600 datagrams into a held netstack never made the gate wait (count %d)", gw.tun.GateCount())
+		}
+		if !waitFor(func() bool { return gw.tun.GateCount() == 0 }) {
+			t.Fatalf("the gate still counts %d datagrams after the release", gw.tun.GateCount())
+		}
+		if gs = gw.tun.ReceiveGate(); gs.Drained > 0 {
+			break
+		}
+	}
+	t.Logf("receive gate after the bursts: %+v", gs)
+	if gs.Drained == 0 {
+		t.Fatalf("the gate never let the receive loop go on a drain: %+v", gs)
+	}
+
+	conn := dialService(t, c, 9)
+	uploadChecked(t, conn, size, sums)
+	t.Logf("after the upload: %+v", gw.tun.ReceiveGate())
+}
+
+// TestReceiveGateForgedAtLiveIndex floods the gateway with 50,000
+// datagrams that carry the live session's index (as anyone who sees the
+// traffic could send) during an upload. wireguard-go drops them after the
+// gate counted them; the gate must write them off and, at the second time,
+// stop counting that session (two stalls, not one per 256 forgeries), and
+// the upload must arrive whole.
+func TestReceiveGateForgedAtLiveIndex(t *testing.T) {
+	checkGoroutines(t)
+	gw := newGateway(t, netstack.Config{}, "")
+	const size = 8 << 20
+	sums := checksumServer(gw, 9)
+	c, _ := gw.addClient(t, 1, false)
+	conn := dialService(t, c, 9)
+	idx := gw.tun.GateSessions()
+	if len(idx) != 1 {
+		t.Fatalf("the gate knows sessions %v after one handshake, want one", idx)
+	}
+
+	forger, forged := forgery(t, gw, 100, idx[0])
+	flooded := make(chan int)
+	go func() {
+		n := 0
+		for i := range 50_000 {
+			binary.LittleEndian.PutUint64(forged[8:16], uint64(i)) // counters
+			if _, err := forger.Write(forged); err == nil {
+				n++
+			}
+		}
+		flooded <- n
+	}()
+
+	uploadChecked(t, conn, size, sums)
+	n := <-flooded
+	// The receive loop reads the rest of the flood (the socket drops what
+	// it cannot hold): by then the session is ungated and counts nothing.
+	if !waitFor(func() bool { return gw.tun.GateCount() == 0 && gw.tun.ReceiveGate().WrittenOff >= 2 }) {
+		t.Errorf("after %d forged datagrams the gate counts %d, %+v; want 0 and two write-offs", n, gw.tun.GateCount(), gw.tun.ReceiveGate())
+	}
+	gs := gw.tun.ReceiveGate()
+	t.Logf("%d forged datagrams sent; receive gate: %+v", n, gs)
+	// Every write-off strikes the one session; the second ungates it.
+	if gs.WrittenOff != 2 {
+		t.Errorf("%d write-offs for one session's forgeries, want 2", gs.WrittenOff)
 	}
 }

@@ -4,3 +4,22 @@ import "time"
 
 // SweepAt runs the idle-peer sweep as if the clock read now.
 func (t *Tunnel) SweepAt(now time.Time) error { return t.sweep(now) }
+
+// GateCount is the receive gate's count of datagrams inside wireguard-go.
+func (t *Tunnel) GateCount() int64 { return t.inflight.total.Load() }
+
+// GateWaiting reports whether a receive loop waits at the gate.
+func (t *Tunnel) GateWaiting() bool { return t.inflight.waiting.Load() > 0 }
+
+// GateSessions lists the session indices the receive gate knows.
+func (t *Tunnel) GateSessions() []uint32 {
+	t.inflight.mu.Lock()
+	defer t.inflight.mu.Unlock()
+	var out []uint32
+	for _, gen := range []map[uint32]*session{t.inflight.cur, t.inflight.prev} {
+		for idx := range gen {
+			out = append(out, idx)
+		}
+	}
+	return out
+}

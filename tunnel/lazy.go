@@ -408,16 +408,20 @@ func (b lazyBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	fns, actual, err := b.Bind.Open(port)
 	t := b.t
 	for i, recv := range fns {
+		timer := time.NewTimer(time.Hour)
+		timer.Stop()
 		fns[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 			// Initiations handed back go first, without a read, so they
 			// also pass through binds that read one datagram at a time.
 			if n := t.takeInjected(bufs, sizes, eps, 0); n > 0 {
 				return n, nil
 			}
+			t.inflight.wait(timer, t.closing)
 			n, err := recv(bufs, sizes, eps)
 			if err != nil {
 				return n, err
 			}
+			t.inflight.countReceived(bufs, sizes, n)
 			for j := range n {
 				if msg := bufs[j][:sizes[j]]; t.responder.wants(msg) {
 					h := heldInitiation{ep: eps[j]}
@@ -432,6 +436,13 @@ func (b lazyBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		}
 	}
 	return fns, actual, err
+}
+
+// Send notes the session indices of the handshakes devgate sends, for the
+// receive gate (inflight.go).
+func (b lazyBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	b.t.inflight.note(bufs)
+	return b.Bind.Send(bufs, ep)
 }
 
 // takeInjected fills the batch from slot n on with initiations the checker
@@ -463,6 +474,12 @@ type lazyTUN struct {
 	lastTab *peerTable
 	lastDst [16]byte
 	lastOwn *lazyPeer
+}
+
+// Write hands wireguard-go's decrypted packets to the netstack through the
+// receive gate (inflight.go), which takes them off its counts.
+func (d *lazyTUN) Write(bufs [][]byte, offset int) (int, error) {
+	return d.t.inflight.write(d.Device, bufs, offset)
 }
 
 func (d *lazyTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {

@@ -74,6 +74,7 @@ type Tunnel struct {
 	loads     atomic.Uint64
 	unloads   atomic.Uint64
 	closing   chan struct{} // closed by Close, before the device
+	inflight  *inflight     // the receive gate, see inflight.go
 
 	closeOnce sync.Once
 }
@@ -88,7 +89,7 @@ func New(cfg Config) (*Tunnel, error) {
 		logf = func(string, ...any) {}
 	}
 	t := &Tunnel{logf: logf, uapiSem: make(chan struct{}, maxUAPIConns), conns: make(map[net.Conn]struct{}),
-		responder: newResponder(cfg.PrivateKey), closing: make(chan struct{}),
+		responder: newResponder(cfg.PrivateKey), closing: make(chan struct{}), inflight: newInflight(),
 		checks: make(chan heldInitiation, checkQueue), inject: make(chan heldInitiation, injectQueue)}
 	t.table.Store(newPeerTable(0))
 	var bind conn.Bind = gsoBind{conn.NewDefaultBind()}
