@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"io"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -162,11 +161,7 @@ func TestAckHeldThroughStacks(t *testing.T) {
 	p := newPeerStack(t, gw, testPeer)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-
-	echo, err := p.dial(ctx, netip.AddrPortFrom(testSvc, 7))
-	if err != nil {
-		t.Fatal(err)
-	}
+	echo := mustDial(ctx, t, p, 7)
 	defer echo.Close()
 	echo.SetDeadline(time.Now().Add(20 * time.Second))
 	buf := make([]byte, 100)
@@ -182,10 +177,7 @@ func TestAckHeldThroughStacks(t *testing.T) {
 		t.Errorf("no reply of 20 carried its request's ACK (delayed: %d)", s.ACKsDelayed)
 	}
 
-	sink, err := p.dial(ctx, netip.AddrPortFrom(testSvc, 9))
-	if err != nil {
-		t.Fatal(err)
-	}
+	sink := mustDial(ctx, t, p, 9)
 	before := gw.Stats().ACKsDelayed
 	for range 10 {
 		if _, err := sink.Write(buf); err != nil {

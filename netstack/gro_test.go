@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"net/netip"
 	"testing"
 	"time"
 )
@@ -75,10 +74,7 @@ func TestGROBulkUpload(t *testing.T) {
 	p := newBatchedPeerStack(t, gw)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := p.dial(ctx, netip.AddrPortFrom(testSvc, 9))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustDial(ctx, t, p, 9)
 	defer c.Close()
 	msg := make([]byte, size)
 	for i := range msg {

@@ -176,6 +176,17 @@ func (p *peerStack) dial(ctx context.Context, dst netip.AddrPort) (net.Conn, err
 	return gonet.DialContextTCP(ctx, p.s, tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom16(dst.Addr().As16()), Port: dst.Port()}, ipv6.ProtocolNumber)
 }
 
+// mustDial dials a test service port through p and fails the test if it
+// cannot.
+func mustDial(ctx context.Context, t testing.TB, p *peerStack, port uint16) net.Conn {
+	t.Helper()
+	c, err := p.dial(ctx, netip.AddrPortFrom(testSvc, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func checkGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
 	t.Cleanup(func() {
@@ -217,10 +228,7 @@ func TestTCPFlows(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	c, err := p.dial(ctx, netip.AddrPortFrom(testSvc, 7))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := mustDial(ctx, t, p, 7)
 	msg := make([]byte, 300_000)
 	for i := range msg {
 		msg[i] = byte(i)
