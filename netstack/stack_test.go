@@ -98,6 +98,15 @@ func newTestStack(t testing.TB, cfg Config) (*Stack, *router) {
 	return s, r
 }
 
+// peerQueueLen is the laptop stack's outbound queue. gVisor's channel
+// endpoint drops what does not fit, so it holds more than the laptop's TCP
+// can have in flight (its send buffer, at most 4 MiB, is 3,178 full
+// segments): a pump that falls behind on a busy machine must delay the
+// laptop's packets, not lose them. With 512, a 4 MiB upload on a loaded
+// machine lost ~500 segments at once, and the laptop's gVisor, repairing
+// one segment per 200 ms timeout, did not finish in 20 s.
+const peerQueueLen = 4096
+
 // peerStack is a second gVisor stack playing the laptop, wired straight to
 // the Stack's TUN (no WireGuard: this package's tests are about the stack).
 type peerStack struct {
@@ -110,7 +119,7 @@ type peerStack struct {
 func newPeerStack(t testing.TB, gw *Stack, addr netip.Addr) *peerStack {
 	t.Helper()
 	p := &peerStack{
-		ep: channel.New(512, DefaultMTU, ""),
+		ep: channel.New(peerQueueLen, DefaultMTU, ""),
 		s: stack.New(stack.Options{
 			NetworkProtocols:   []stack.NetworkProtocolFactory{ipv6.NewProtocol},
 			TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol6},
