@@ -6,6 +6,7 @@ package tunnel_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +27,7 @@ import (
 	"github.com/devgate/devgate/netstack"
 	"github.com/devgate/devgate/peers"
 	"github.com/devgate/devgate/tunnel"
+	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -879,5 +882,165 @@ func TestReceiveGateForgedAtLiveIndex(t *testing.T) {
 	// Every write-off strikes the one session; the second ungates it.
 	if gs.WrittenOff != 2 {
 		t.Errorf("%d write-offs for one session's forgeries, want 2", gs.WrittenOff)
+	}
+}
+
+// recordingRelay forwards UDP between WireGuard clients and the gateway,
+// as a network path would, and keeps a copy of every handshake initiation
+// the clients send: what an eavesdropper could capture. The gateway sees
+// every client at the relay's one upstream address.
+type recordingRelay struct {
+	down, up *net.UDPConn
+	client   atomic.Pointer[net.UDPAddr] // the last client heard from
+	mu       sync.Mutex
+	inits    [][]byte
+}
+
+func newRecordingRelay(t *testing.T, gw *gateway) *recordingRelay {
+	t.Helper()
+	down, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: gw.tun.Port()})
+	if err != nil {
+		down.Close()
+		t.Fatal(err)
+	}
+	r := &recordingRelay{down: down, up: up}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { // clients to the gateway
+		defer wg.Done()
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := down.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			r.client.Store(from)
+			if n == device.MessageInitiationSize && binary.LittleEndian.Uint32(buf) == device.MessageInitiationType {
+				r.mu.Lock()
+				r.inits = append(r.inits, bytes.Clone(buf[:n]))
+				r.mu.Unlock()
+			}
+			up.Write(buf[:n])
+		}
+	}()
+	go func() { // the gateway to the last client
+		defer wg.Done()
+		buf := make([]byte, 65535)
+		for {
+			n, err := up.Read(buf)
+			if err != nil {
+				return
+			}
+			if to := r.client.Load(); to != nil {
+				down.WriteToUDP(buf[:n], to)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		down.Close()
+		up.Close()
+		wg.Wait()
+	})
+	return r
+}
+
+// initiations returns the initiations recorded so far.
+func (r *recordingRelay) initiations() [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.inits)
+}
+
+// TestReplayedInitiationsAfterUnload captures a laptop's handshake
+// initiations through a relay (the one that loaded its peer, and one sent
+// while it was loaded), lets the idle sweep unload the peer, and replays
+// them from another address, with real wireguard-go on both ends: neither
+// loads the peer nor moves its endpoint, and the laptop's next initiation
+// loads it as before.
+func TestReplayedInitiationsAfterUnload(t *testing.T) {
+	checkGoroutines(t)
+	gw := newGateway(t, netstack.Config{}, "")
+	relay := newRecordingRelay(t, gw)
+	priv, err := wgtypes.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := peers.Peer(network, 1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw.peers = append(gw.peers, tunnel.Peer{PublicKey: priv.PublicKey(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr, peers.PeerPrefixLen).Masked()}})
+	if err := gw.tun.SetPeers(gw.peers); err != nil {
+		t.Fatal(err)
+	}
+	laptop := func() *client.Client {
+		c, err := client.New(peers.ClientConfig(priv, gw.key.PublicKey(), addr, network, relay.down.LocalAddr().String()), t.Logf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	a := laptop()
+	roundTrip(t, dialService(t, a, 80), "loads the peer")
+	a.Close()
+	// wireguard-go drops an initiation that comes within
+	// HandshakeInitationRate of the last one it took as a flood; the
+	// laptop would retry 5 s later.
+	time.Sleep(2 * device.HandshakeInitationRate)
+	b := laptop() // a restart while loaded: its initiation goes to wireguard-go
+	roundTrip(t, dialService(t, b, 80), "while loaded")
+	b.Close()
+	captured := relay.initiations()
+	if ls := gw.tun.Loads(); len(captured) < 2 || ls.Loads != 1 {
+		t.Fatalf("%d initiations captured, loads %+v; want two or more, one load", len(captured), ls)
+	}
+	// The floor stays replayGuard (1 s) behind the present, for a peer
+	// removed right after a handshake; an idle unload comes minutes later.
+	time.Sleep(1500 * time.Millisecond)
+	if err := gw.tun.SweepAt(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	endpointOf := func() netip.AddrPort {
+		t.Helper()
+		ps, err := gw.tun.Stats()
+		if err != nil || len(ps) != 1 {
+			t.Fatalf("Stats = %+v, %v; want one peer", ps, err)
+		}
+		return ps[0].Endpoint
+	}
+	relayed := endpointOf()
+	if want := relay.up.LocalAddr().(*net.UDPAddr).AddrPort(); relayed != want {
+		t.Fatalf("peer endpoint %v, want the relay's %v", relayed, want)
+	}
+
+	replayer, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: gw.tun.Port()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer replayer.Close()
+	for _, msg := range captured {
+		if _, err := replayer.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !waitFor(func() bool { return gw.tun.Loads().Replays == uint64(len(captured)) }) {
+		t.Fatalf("after %d replayed initiations: %+v", len(captured), gw.tun.Loads())
+	}
+	if ls := gw.tun.Loads(); ls.Loaded != 0 || ls.Loads != 1 {
+		t.Fatalf("a replay loaded the peer: %+v", ls)
+	}
+	if ep := endpointOf(); ep != relayed {
+		t.Fatalf("peer endpoint moved to %v by a replay", ep)
+	}
+
+	c := laptop()
+	roundTrip(t, dialService(t, c, 80), "after the replays")
+	if ls := gw.tun.Loads(); ls.Loads != 2 || ls.Replays != uint64(len(captured)) {
+		t.Fatalf("the laptop's own initiation: %+v, want a second load", ls)
 	}
 }

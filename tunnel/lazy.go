@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -90,6 +91,11 @@ type lazyPeer struct {
 	// unloaded: counters accumulate across loads.
 	saved    PeerStats
 	loadedAt time.Time
+	// sealed is the time sealed in the last initiation that loaded the
+	// peer (its clock) and sealedAt ours when it was checked; floor is
+	// the peer's time at or before which initiations are refused as
+	// replays (replay.go).
+	sealed, sealedAt, floor time.Time
 }
 
 // peerTable is an immutable snapshot of the configured peers, swapped
@@ -197,21 +203,23 @@ func (r *responder) initiator(msg []byte) (pk wgtypes.Key, hash, chainKey [blake
 	return pk, hash, chainKey, true
 }
 
-// provesKey reports whether the initiation's timestamp was sealed with the
-// static-static secret, which only the holder of pk's private key (or the
-// gateway) can compute.
-func (r *responder) provesKey(msg []byte, pk wgtypes.Key, hash, chainKey [blake2s.Size]byte) bool {
+// sealedTime opens the initiation's TAI64N timestamp, which is sealed with
+// the static-static secret: only the holder of pk's private key (or the
+// gateway) can compute it, so ok proves the sender holds that key.
+func (r *responder) sealedTime(msg []byte, pk wgtypes.Key, hash, chainKey [blake2s.Size]byte) (sealed time.Time, ok bool) {
 	ss, err := curve25519.X25519(r.priv[:], pk[:])
 	if err != nil {
-		return false
+		return sealed, false
 	}
 	var key [chacha20poly1305.KeySize]byte
 	device.KDF2(&chainKey, &key, chainKey[:], ss)
 	aead, _ := chacha20poly1305.New(key[:])
 	var nonce [chacha20poly1305.NonceSize]byte
 	var ts [12]byte
-	_, err = aead.Open(ts[:0], nonce[:], msg[initTimestamp:initMAC1], hash[:])
-	return err == nil
+	if _, err = aead.Open(ts[:0], nonce[:], msg[initTimestamp:initMAC1], hash[:]); err != nil {
+		return sealed, false
+	}
+	return tai64nTime(ts[:]), true
 }
 
 // checkLoop checks queued initiations until Close.
@@ -237,8 +245,8 @@ func (t *Tunnel) checkLoop() {
 }
 
 // admit loads the sender of an initiation (which has passed MAC1) if it is
-// a configured peer that is not loaded and proves it holds its key. It
-// reports whether it loaded one.
+// a configured peer that is not loaded, proves it holds its key, and sealed
+// it after the peer's replay floor. It reports whether it loaded one.
 func (t *Tunnel) admit(msg []byte) bool {
 	r := t.responder
 	if !r.wants(msg) {
@@ -249,10 +257,18 @@ func (t *Tunnel) admit(msg []byte) bool {
 		return false
 	}
 	e := t.table.Load().byKey[pk]
-	if e == nil || e.loaded.Load() || !r.provesKey(msg, pk, hash, chainKey) {
+	if e == nil || e.loaded.Load() {
 		return false
 	}
-	if err := t.load(e, false); err != nil {
+	sealed, ok := r.sealedTime(msg, pk, hash, chainKey)
+	if !ok {
+		return false
+	}
+	switch err := t.load(e, sealed); {
+	case errors.Is(err, errReplayed):
+		t.replays.Add(1) // counted, not logged: anyone who captured one can send it
+		return false
+	case err != nil:
 		t.logf("wireguard: load peer %s: %v", e.key, err)
 		return false
 	}
@@ -268,22 +284,32 @@ func (t *Tunnel) wakeReceive() {
 	}
 }
 
-// load gives e to the device. withEndpoint sets its last known endpoint,
-// for a load triggered by an outbound packet; an initiation sets its own.
-func (t *Tunnel) load(e *lazyPeer, withEndpoint bool) error {
+// load gives e to the device. An initiation loads a peer with the time it
+// was sealed at, which must be after the peer's replay floor, and sets the
+// endpoint itself; an outbound packet loads it with the zero time, and
+// the peer's last known endpoint for wireguard-go's handshake.
+func (t *Tunnel) load(e *lazyPeer, sealed time.Time) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.table.Load().byKey[e.key] != e || e.loaded.Load() {
 		return nil // removed or replaced meanwhile, or already loaded
 	}
+	byInitiation := !sealed.IsZero()
+	if byInitiation && !sealed.After(e.floor) {
+		return errReplayed
+	}
 	b := appendPeerLines(nil, e.key, e.allowed)
-	if withEndpoint && e.saved.Endpoint.IsValid() {
+	if !byInitiation && e.saved.Endpoint.IsValid() {
 		b = fmt.Appendf(b, "endpoint=%s\n", e.saved.Endpoint)
 	}
 	if err := t.dev.IpcSetOperation(bytes.NewReader(b)); err != nil {
 		return err
 	}
-	t.markLoadedLocked(e, time.Now())
+	now := time.Now()
+	if byInitiation {
+		e.sealed, e.sealedAt = sealed, now
+	}
+	t.markLoadedLocked(e, now)
 	return nil
 }
 
@@ -295,10 +321,12 @@ func (t *Tunnel) markLoadedLocked(e *lazyPeer, now time.Time) {
 }
 
 // markUnloadedLocked records that the device no longer holds e, whose
-// figures there were live: they are added to those of earlier loads, and
-// its endpoint lets an outbound packet load it again. t.mu is held.
+// figures there were live: they are added to those of earlier loads, its
+// endpoint lets an outbound packet load it again, and its replay floor
+// passes its last handshake. t.mu is held.
 func (t *Tunnel) markUnloadedLocked(e *lazyPeer, live PeerStats) {
 	e.saved = mergeStats(e.saved, live)
+	e.raiseFloorLocked(e.saved.LastHandshake, time.Now())
 	e.reachable.Store(e.saved.Endpoint.IsValid())
 	e.loaded.Store(false)
 	t.unloads.Add(1)
@@ -512,7 +540,7 @@ func (t *Tunnel) wake(e *lazyPeer) {
 	go func() {
 		defer t.wg.Done()
 		defer e.loading.Store(false)
-		if err := t.load(e, true); err != nil {
+		if err := t.load(e, time.Time{}); err != nil {
 			t.logf("wireguard: load peer %s: %v", e.key, err)
 		}
 	}()

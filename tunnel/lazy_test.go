@@ -21,11 +21,25 @@ import (
 )
 
 // initiation builds a handshake initiation to the gateway key gw that
-// claims the static key claim, following the initiator's steps in the
-// WireGuard whitepaper (5.4.2). With priv (claim's private key) the
+// claims the static key claim, sealed now, following the initiator's steps
+// in the WireGuard whitepaper (5.4.2). With priv (claim's private key) the
 // timestamp is sealed as a real peer seals it; without it, with a secret
 // only an impostor would have.
 func initiation(t testing.TB, gw, claim wgtypes.Key, priv *wgtypes.Key) []byte {
+	t.Helper()
+	return initiationAt(t, gw, claim, priv, time.Now())
+}
+
+// tai64n encodes t as a TAI64N timestamp.
+func tai64n(t time.Time) []byte {
+	ts := make([]byte, 12)
+	binary.BigEndian.PutUint64(ts, tai64nBase+uint64(t.Unix()))
+	binary.BigEndian.PutUint32(ts[8:], uint32(t.Nanosecond()))
+	return ts
+}
+
+// initiationAt is initiation with the time the peer's clock seals.
+func initiationAt(t testing.TB, gw, claim wgtypes.Key, priv *wgtypes.Key, sealed time.Time) []byte {
 	t.Helper()
 	msg := make([]byte, device.MessageInitiationSize)
 	binary.LittleEndian.PutUint32(msg, device.MessageInitiationType)
@@ -59,7 +73,7 @@ func initiation(t testing.TB, gw, claim wgtypes.Key, priv *wgtypes.Key) []byte {
 	}
 	device.KDF2(&ck, &key, ck[:], ss)
 	aead, _ = chacha20poly1305.New(key[:])
-	aead.Seal(msg[initTimestamp:initTimestamp], nonce[:], make([]byte, 12), hash[:])
+	aead.Seal(msg[initTimestamp:initTimestamp], nonce[:], tai64n(sealed), hash[:])
 	setMAC1(msg, gw)
 	return msg
 }
@@ -142,6 +156,85 @@ func TestAdmitLoadsOnlyProvenPeers(t *testing.T) {
 	tn.admit(initiation(t, gw, peer.PublicKey(), &peer))
 	if ls := tn.Loads(); ls.Loads != 1 {
 		t.Errorf("a second initiation loaded the peer again: %+v", ls)
+	}
+}
+
+// TestAdmitRefusesReplays unloads a peer its initiation loaded and offers
+// admit that initiation again, an older one and a newer one, with a real
+// wireguard-go device: only the newer one loads it.
+func TestAdmitRefusesReplays(t *testing.T) {
+	tn, gwKey, peer := lazyTunnel(t)
+	gw := gwKey.PublicKey()
+	sealed := time.Now().Add(-time.Hour) // the peer's clock is an hour behind
+	first := initiationAt(t, gw, peer.PublicKey(), &peer, sealed)
+	if !tn.admit(first) {
+		t.Fatal("the peer's first initiation did not load it")
+	}
+	if err := tn.sweep(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		msg  []byte
+	}{
+		{"the same initiation", first},
+		{"one sealed a minute earlier", initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(-time.Minute))},
+		{"one sealed at the same time", initiationAt(t, gw, peer.PublicKey(), &peer, sealed)},
+	} {
+		if tn.admit(c.msg) {
+			t.Errorf("%s loaded the unloaded peer", c.name)
+		}
+	}
+	if ls := tn.Loads(); ls.Loaded != 0 || ls.Loads != 1 || ls.Unloads != 1 || ls.Replays != 3 {
+		t.Fatalf("Loads() = %+v, want 1 load, 1 unload, 3 replays refused", ls)
+	}
+	if !tn.admit(initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(2*time.Second))) {
+		t.Fatal("a newer initiation did not load the peer")
+	}
+}
+
+// TestReplayFloor checks where an unload leaves a peer's floor, in the
+// peer's clock: replayMargin past its last handshake, never later than
+// replayGuard ago, never below the admitting initiation, never lower than
+// before.
+func TestReplayFloor(t *testing.T) {
+	at := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC) // our clock at admission
+	skew := -time.Hour                                   // the peer's clock, an hour behind
+	sealed := at.Add(skew)
+	for _, c := range []struct {
+		name      string
+		floor     time.Time // before
+		last, now time.Time
+		want      time.Time
+	}{
+		{"idle unload", time.Time{}, at.Add(10 * time.Minute), at.Add(16 * time.Minute), sealed.Add(11 * time.Minute)},
+		{"no handshake after the admission", time.Time{}, time.Time{}, at.Add(6 * time.Minute), sealed.Add(replayMargin)},
+		{"removed right after a handshake", time.Time{}, at.Add(10 * time.Minute), at.Add(10*time.Minute + 30*time.Second), sealed.Add(10*time.Minute + 30*time.Second - replayGuard)},
+		{"removed at once", time.Time{}, time.Time{}, at, sealed},
+		{"higher floor kept", sealed.Add(time.Hour), at.Add(10 * time.Minute), at.Add(16 * time.Minute), sealed.Add(time.Hour)},
+	} {
+		e := &lazyPeer{sealed: sealed, sealedAt: at, floor: c.floor}
+		e.raiseFloorLocked(c.last, c.now)
+		if !e.floor.Equal(c.want) {
+			t.Errorf("%s: floor %v, want %v", c.name, e.floor, c.want)
+		}
+	}
+	var never lazyPeer // loaded only by outbound packets: no clock to go by
+	never.raiseFloorLocked(at, at.Add(time.Hour))
+	if !never.floor.IsZero() {
+		t.Errorf("a peer never loaded by an initiation got floor %v", never.floor)
+	}
+	for _, c := range []struct {
+		ts   []byte
+		want time.Time
+	}{
+		{tai64n(sealed), sealed},
+		{make([]byte, 12), time.Unix(0, 0)},
+		{[]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, time.Unix(1<<40, 294_967_295)},
+	} {
+		if got := tai64nTime(c.ts); !got.Equal(c.want) {
+			t.Errorf("tai64nTime(%x) = %v, want %v", c.ts, got, c.want)
+		}
 	}
 }
 

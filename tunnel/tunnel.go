@@ -73,6 +73,7 @@ type Tunnel struct {
 	waker     *net.UDPConn        // see wakeReceive
 	loads     atomic.Uint64
 	unloads   atomic.Uint64
+	replays   atomic.Uint64 // initiations refused by a replay floor
 	closing   chan struct{} // closed by Close, before the device
 	inflight  *inflight     // the receive gate, see inflight.go
 
@@ -249,17 +250,17 @@ func (t *Tunnel) mergedStatsLocked(live []PeerStats) []PeerStats {
 	return out
 }
 
-// LoadStats counts the peers the device holds now and the loads and
-// unloads so far.
+// LoadStats counts the peers the device holds now, the loads and unloads
+// so far, and the initiations refused as replays (replay.go).
 type LoadStats struct {
-	Configured, Loaded int
-	Loads, Unloads     uint64
+	Configured, Loaded      int
+	Loads, Unloads, Replays uint64
 }
 
 // Loads reports how lazy loading stands.
 func (t *Tunnel) Loads() LoadStats {
 	tab := t.table.Load()
-	ls := LoadStats{Configured: len(tab.byKey), Loads: t.loads.Load(), Unloads: t.unloads.Load()}
+	ls := LoadStats{Configured: len(tab.byKey), Loads: t.loads.Load(), Unloads: t.unloads.Load(), Replays: t.replays.Load()}
 	for _, e := range tab.byKey {
 		if e.loaded.Load() {
 			ls.Loaded++

@@ -179,7 +179,7 @@ func TestSetPeersDiff(t *testing.T) {
 	set(v1)
 	check(v1, map[wgtypes.Key][]netip.Prefix{})
 	for _, k := range []wgtypes.Key{a, b} {
-		if err := tn.load(tn.table.Load().byKey[k], false); err != nil {
+		if err := tn.load(tn.table.Load().byKey[k], time.Time{}); err != nil {
 			t.Fatal(err)
 		}
 	}
