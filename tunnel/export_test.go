@@ -1,6 +1,10 @@
 package tunnel
 
-import "time"
+import (
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
 
 // SweepAt runs the idle-peer sweep as if the clock read now.
 func (t *Tunnel) SweepAt(now time.Time) error { return t.sweep(now) }
@@ -22,4 +26,15 @@ func (t *Tunnel) GateSessions() []uint32 {
 		}
 	}
 	return out
+}
+
+// LatestSealed is the latest sealed time the checker opened in an
+// initiation from the configured peer k (replay.go).
+func (t *Tunnel) LatestSealed(k wgtypes.Key) time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if e := t.table.Load().byKey[k]; e != nil {
+		return e.sealed
+	}
+	return time.Time{}
 }

@@ -160,8 +160,9 @@ func TestAdmitLoadsOnlyProvenPeers(t *testing.T) {
 }
 
 // TestAdmitRefusesReplays unloads a peer its initiation loaded and offers
-// admit that initiation again, an older one and a newer one, with a real
-// wireguard-go device: only the newer one loads it.
+// admit that initiation again, one checked while the peer was loaded
+// (whose handshake never completed), older ones and a newer one, with a
+// real wireguard-go device: only the newer one loads it.
 func TestAdmitRefusesReplays(t *testing.T) {
 	tn, gwKey, peer := lazyTunnel(t)
 	gw := gwKey.PublicKey()
@@ -170,6 +171,10 @@ func TestAdmitRefusesReplays(t *testing.T) {
 	if !tn.admit(first) {
 		t.Fatal("the peer's first initiation did not load it")
 	}
+	later := initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(3*time.Minute))
+	if tn.admit(later) {
+		t.Fatal("an initiation from a loaded peer loaded it again")
+	}
 	if err := tn.sweep(time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
@@ -177,26 +182,27 @@ func TestAdmitRefusesReplays(t *testing.T) {
 		name string
 		msg  []byte
 	}{
-		{"the same initiation", first},
+		{"the first initiation", first},
+		{"the one checked while loaded", later},
 		{"one sealed a minute earlier", initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(-time.Minute))},
-		{"one sealed at the same time", initiationAt(t, gw, peer.PublicKey(), &peer, sealed)},
+		{"one sealed between the two", initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(time.Minute))},
 	} {
 		if tn.admit(c.msg) {
 			t.Errorf("%s loaded the unloaded peer", c.name)
 		}
 	}
-	if ls := tn.Loads(); ls.Loaded != 0 || ls.Loads != 1 || ls.Unloads != 1 || ls.Replays != 3 {
-		t.Fatalf("Loads() = %+v, want 1 load, 1 unload, 3 replays refused", ls)
+	if ls := tn.Loads(); ls.Loaded != 0 || ls.Loads != 1 || ls.Unloads != 1 || ls.Replays != 4 {
+		t.Fatalf("Loads() = %+v, want 1 load, 1 unload, 4 replays refused", ls)
 	}
-	if !tn.admit(initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(2*time.Second))) {
+	if !tn.admit(initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(3*time.Minute+2*time.Second))) {
 		t.Fatal("a newer initiation did not load the peer")
 	}
 }
 
 // TestReplayFloor checks where an unload leaves a peer's floor, in the
 // peer's clock: replayMargin past its last handshake, never later than
-// replayGuard ago, never below the admitting initiation, never lower than
-// before.
+// replayGuard ago, never below the latest initiation checked, never lower
+// than before.
 func TestReplayFloor(t *testing.T) {
 	at := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC) // our clock at admission
 	skew := -time.Hour                                   // the peer's clock, an hour behind
@@ -208,7 +214,8 @@ func TestReplayFloor(t *testing.T) {
 		want      time.Time
 	}{
 		{"idle unload", time.Time{}, at.Add(10 * time.Minute), at.Add(16 * time.Minute), sealed.Add(11 * time.Minute)},
-		{"no handshake after the admission", time.Time{}, time.Time{}, at.Add(6 * time.Minute), sealed.Add(replayMargin)},
+		{"no handshake at all", time.Time{}, time.Time{}, at.Add(6 * time.Minute), sealed.Add(replayMargin)},
+		{"the latest initiation's handshake never completed", time.Time{}, at.Add(-5 * time.Minute), at.Add(6 * time.Minute), sealed.Add(replayMargin)},
 		{"removed right after a handshake", time.Time{}, at.Add(10 * time.Minute), at.Add(10*time.Minute + 30*time.Second), sealed.Add(10*time.Minute + 30*time.Second - replayGuard)},
 		{"removed at once", time.Time{}, time.Time{}, at, sealed},
 		{"higher floor kept", sealed.Add(time.Hour), at.Add(10 * time.Minute), at.Add(16 * time.Minute), sealed.Add(time.Hour)},
@@ -219,7 +226,7 @@ func TestReplayFloor(t *testing.T) {
 			t.Errorf("%s: floor %v, want %v", c.name, e.floor, c.want)
 		}
 	}
-	var never lazyPeer // loaded only by outbound packets: no clock to go by
+	var never lazyPeer // no initiation checked: no clock to go by
 	never.raiseFloorLocked(at, at.Add(time.Hour))
 	if !never.floor.IsZero() {
 		t.Errorf("a peer never loaded by an initiation got floor %v", never.floor)
@@ -230,7 +237,7 @@ func TestReplayFloor(t *testing.T) {
 	}{
 		{tai64n(sealed), sealed},
 		{make([]byte, 12), time.Unix(0, 0)},
-		{[]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, time.Unix(1<<40, 294_967_295)},
+		{[]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, time.Unix(1<<40, 999_999_999)},
 	} {
 		if got := tai64nTime(c.ts); !got.Equal(c.want) {
 			t.Errorf("tai64nTime(%x) = %v, want %v", c.ts, got, c.want)
@@ -264,6 +271,9 @@ func BenchmarkAdmit(b *testing.B) {
 		for range b.N {
 			tn.admit(msg)
 			b.StopTimer()
+			// The next load needs an initiation sealed after this
+			// one's unload (replay.go).
+			msg = initiationAt(b, gwKey.PublicKey(), peer.PublicKey(), &peer, time.Now().Add(time.Hour))
 			if tn.Loads().Loaded != 1 {
 				b.Fatal("peer not loaded")
 			}

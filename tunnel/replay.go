@@ -15,17 +15,22 @@ import (
 // Stock WireGuard has that exposure once, after a restart; unloading would
 // renew it every idle period.
 //
-// So the tunnel keeps a floor per peer, in the peer's own clock: the
-// initiation that loads a peer gives the peer's clock then (its sealed
-// time) against ours, and at unload the floor moves to where the peer's
+// So the tunnel keeps a floor per peer, in the peer's own clock. The
+// checker opens the sealed time of every initiation from a configured peer
+// (loaded or not), so the latest one gives the peer's clock against ours.
+// At unload the floor moves past that time, and past where the peer's
 // clock stood replayMargin after its last handshake (no later than
 // replayGuard ago). Every initiation the peer sent before the unload is
-// below it; the next one it sends, at least unloadAfter later, is above.
-// admit refuses an initiation at or below the floor.
+// below it: those the checker saw by their own time, the rest because they
+// were sealed before the last handshake, or, when a handshake never
+// completed, within the margin of it. The next one the peer sends, after
+// the unload (an idle unload comes unloadAfter after the last handshake),
+// is above. admit refuses an initiation at or below the floor.
 //
-// A peer loaded by an outbound packet (wake) is loaded before any
-// initiation is seen, so until the peer's first initiation of that load
-// wireguard-go's own check starts from zero, as after a restart.
+// What it does not cover: a peer loaded by an outbound packet (wake) or
+// set by hand through the UAPI socket is loaded before any initiation is
+// checked, so until its first initiation of that load wireguard-go's own
+// check starts from zero, as after a restart.
 const (
 	// replayMargin covers the error of the estimate: the admitting
 	// initiation's time in the checker's queue (at most checkQueue over
@@ -46,8 +51,9 @@ var errReplayed = errors.New("initiation sealed before the peer's last handshake
 const tai64nBase = uint64(0x400000000000000a)
 
 // tai64nTime decodes a TAI64N timestamp. Its seconds are clamped to what
-// time.Time holds without overflow (a peer's clock, not trusted to be
-// sane, can seal anything).
+// time.Time holds without overflow and its nanoseconds below a second (a
+// peer's clock, not trusted to be sane, can seal anything), which keeps
+// the order of the raw bytes wireguard-go compares.
 func tai64nTime(ts []byte) time.Time {
 	const maxSecs = 1 << 40 // 34,000 years
 	secs := binary.BigEndian.Uint64(ts[:8])
@@ -59,27 +65,35 @@ func tai64nTime(ts []byte) time.Time {
 	default:
 		secs -= tai64nBase
 	}
-	return time.Unix(int64(secs), int64(binary.BigEndian.Uint32(ts[8:12])%1e9))
+	return time.Unix(int64(secs), int64(min(binary.BigEndian.Uint32(ts[8:12]), 999_999_999)))
+}
+
+// noteSealedLocked keeps the latest sealed time the checker opened for e,
+// with our clock at that moment. t.mu is held.
+func (e *lazyPeer) noteSealedLocked(sealed, now time.Time) {
+	if sealed.After(e.sealed) {
+		e.sealed, e.sealedAt = sealed, now
+	}
 }
 
 // raiseFloorLocked moves e's floor past every initiation the peer sent
-// during the load now ending, whose last handshake was last (our clock).
-// t.mu is held.
+// during the load now ending, whose last handshake was last (our wall
+// clock; zero if none). The time since the peer's latest sealed time is
+// measured on our monotonic clock and the idle time since the handshake
+// on our wall clock (wireguard-go reports it so), so a step of our wall
+// clock moves the floor by no more than the idle time. t.mu is held.
 func (e *lazyPeer) raiseFloorLocked(last, now time.Time) {
 	if e.sealedAt.IsZero() {
-		return // never loaded by an initiation: nothing to read its clock by
+		return // no initiation checked: nothing to read its clock by
 	}
-	if last.Before(e.sealedAt) {
-		last = e.sealedAt
+	since := now.Sub(e.sealedAt)
+	idle := since // no handshake since that initiation
+	if !last.IsZero() {
+		idle = min(max(now.Round(0).Sub(last), 0), since)
 	}
-	end := last.Add(replayMargin)
-	if g := now.Add(-replayGuard); g.Before(end) {
-		end = g
-	}
-	f := e.sealed.Add(end.Sub(e.sealedAt))
-	if f.Before(e.sealed) {
-		f = e.sealed // the admitting initiation itself is spent
-	}
+	// The peer's clock at the last handshake plus the margin, no later
+	// than replayGuard ago, and never before the latest sealed time.
+	f := e.sealed.Add(max(min(since-idle+replayMargin, since-replayGuard), 0))
 	if f.After(e.floor) {
 		e.floor = f
 	}
