@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"context"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -12,12 +13,16 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
+
+	"golang.org/x/sync/semaphore"
 )
 
-// outboundQueueLen bounds the packets the stack has sent that wireguard-go
-// has not read yet. When it is full the stack's writer waits for the reader
-// (backpressure, as a real NIC's ring would push back) rather than dropping,
-// so a burst never turns into retransmissions.
+// outboundSegments bounds what the stack has sent that wireguard-go has
+// not read yet, in link packets: a TCP packet of up to 64 KiB counts the
+// segments it will be cut into (gso.go). When it is full the stack's
+// writer waits for the reader (backpressure, as a real NIC's ring would
+// push back) rather than dropping, so a burst never turns into
+// retransmissions.
 //
 // It is one wireguard-go batch, not more, because a channel send does not
 // yield: a sender goroutine fills the whole queue before wireguard-go's
@@ -25,8 +30,9 @@ import (
 // the gateway and the laptop taking turns to idle (ping RTT 13 ms under
 // load); with 128 the encryption of one batch overlaps the stack's
 // building of the next, and the same download ran at 1.45-1.51 Gbit/s
-// instead of 0.78 (bench/run, A/B).
-const outboundQueueLen = batchSize
+// instead of 0.78 (bench/run, A/B). Bounded in stack packets, 128 of
+// 64 KiB brought the turn-taking back (docs/benchmarks.md).
+const outboundSegments = batchSize
 
 // groBucketSize is gVisor's stack/gro bucket capacity (unexported there).
 const groBucketSize = 8
@@ -39,8 +45,13 @@ const batchSize = 128
 type link struct {
 	mtu    uint32
 	out    chan *stack.PacketBuffer // outbound packets, each holding one reference
+	room   *semaphore.Weighted      // outboundSegments, taken by WritePackets, given back by read
 	done   chan struct{}            // closed by close
+	closed context.Context          // done by close, for room's waiters
+	cancel context.CancelFunc
 	events chan tun.Event
+
+	cut cutter // the packet read is cutting
 
 	closeOnce sync.Once
 
@@ -75,11 +86,13 @@ var (
 func newLink(mtu uint32, inspect func([]byte) bool) *link {
 	l := &link{
 		mtu:     mtu,
-		out:     make(chan *stack.PacketBuffer, outboundQueueLen),
+		out:     make(chan *stack.PacketBuffer, outboundSegments), // every packet is a segment or more
+		room:    semaphore.NewWeighted(outboundSegments),
 		done:    make(chan struct{}),
 		events:  make(chan tun.Event, 1),
 		inspect: inspect,
 	}
+	l.closed, l.cancel = context.WithCancel(context.Background())
 	l.events <- tun.EventUp
 	l.gros.New = func() any {
 		g := new(gro.GRO)
@@ -109,40 +122,21 @@ func (t tunDevice) Close() error {
 }
 
 // Read blocks until at least one outbound packet is queued or a held ACK
-// is due, then returns as many as are ready, up to len(bufs).
+// is due, then returns as many link packets as are ready, up to len(bufs).
 func (l *link) read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	for {
 		n, wake := l.acks.release(bufs, sizes, offset, 0)
-		var pkt *stack.PacketBuffer
-		if n == 0 {
+		if n == 0 && l.cut.pkt == nil {
 			select {
-			case pkt = <-l.out:
+			case pkt := <-l.out:
+				n = l.fill(bufs, sizes, offset, 0, pkt)
 			case <-wake:
 				continue
 			case <-l.done:
 				return 0, os.ErrClosed
 			}
 		}
-		for {
-			if pkt == nil && n < len(bufs) {
-				select {
-				case pkt = <-l.out:
-				default:
-				}
-			}
-			if pkt == nil {
-				break
-			}
-			// A packet larger than the buffer cannot happen with
-			// wireguard-go's 64 KiB buffers and our MTU; it is skipped
-			// rather than truncated.
-			if sz := copyPacket(bufs[n][offset:], pkt); sz >= 0 && !l.acks.hold(bufs[n][offset:offset+sz]) {
-				sizes[n] = sz
-				n++
-			}
-			pkt.DecRef()
-			pkt = nil
-		}
+		n = l.fill(bufs, sizes, offset, n, nil)
 		if n == 0 {
 			continue // all held
 		}
@@ -154,23 +148,65 @@ func (l *link) read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 }
 
+// fill moves outbound packets into bufs from slot n on, first pkt if it is
+// not nil and then whatever is queued, without waiting, and returns the new
+// count. TCP packets are cut into segments (gso.go), a packet half cut
+// when bufs run out is finished by the next read; bare ACKs may be held
+// (ackhold.go). A packet larger than a buffer cannot happen with
+// wireguard-go's 64 KiB buffers and our MTU; it is skipped rather than
+// truncated.
+func (l *link) fill(bufs [][]byte, sizes []int, offset, n int, pkt *stack.PacketBuffer) int {
+	for n < len(bufs) {
+		if l.cut.pkt == nil {
+			if pkt == nil {
+				select {
+				case pkt = <-l.out:
+				default:
+					return n
+				}
+			}
+			p := pkt
+			pkt = nil
+			if p.GSOOptions.Type == stack.GSONone {
+				sz := copyPacket(bufs[n][offset:], p)
+				p.DecRef()
+				l.room.Release(1)
+				if sz >= 0 && !l.acks.hold(bufs[n][offset:offset+sz]) {
+					sizes[n] = sz
+					n++
+				}
+				continue
+			}
+			if segs := segments(p); !l.cut.start(p) {
+				l.room.Release(int64(segs))
+				continue
+			}
+		}
+		segs := int64(l.cut.segs)
+		sz, done := l.cut.cut(bufs[n][offset:])
+		if sz < 0 {
+			l.cut.drop()
+			done = true
+		}
+		if done {
+			l.room.Release(segs)
+		}
+		if sz >= 0 && !l.acks.hold(bufs[n][offset:offset+sz]) {
+			sizes[n] = sz
+			n++
+		}
+	}
+	return n
+}
+
 // copyPacket copies pkt into dst without allocating and returns its size, or
 // -1 when it does not fit.
 func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
-	if pkt.Size() > len(dst) {
+	n := pkt.Size()
+	if n > len(dst) {
 		return -1
 	}
-	vl, off := pkt.AsViewList()
-	n := 0
-	for v := vl.Front(); v != nil; v = v.Next() {
-		b := v.AsSlice()
-		if off >= len(b) {
-			off -= len(b)
-			continue
-		}
-		n += copy(dst[n:], b[off:])
-		off = 0
-	}
+	copyRange(dst[:n], pkt, 0)
 	return n
 }
 
@@ -227,6 +263,7 @@ func (l *link) write(bufs [][]byte, offset int) (int, error) {
 func (l *link) closeTUN() {
 	l.closeOnce.Do(func() {
 		close(l.done)
+		l.cancel()
 		close(l.events)
 	})
 	l.drain()
@@ -237,6 +274,7 @@ func (l *link) drain() {
 	for {
 		select {
 		case pkt := <-l.out:
+			l.room.Release(int64(segments(pkt)))
 			pkt.DecRef()
 		default:
 			return
@@ -256,14 +294,13 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 			return n, &tcpip.ErrClosedForSend{}
 		default:
 		}
-		pkt.IncRef()
-		select {
-		case l.out <- pkt:
-			n++
-		case <-l.done:
-			pkt.DecRef()
+		segs := int64(segments(pkt))
+		if err := l.room.Acquire(l.closed, segs); err != nil {
 			return n, &tcpip.ErrClosedForSend{}
 		}
+		pkt.IncRef()
+		l.out <- pkt // room taken: never blocks
+		n++
 	}
 	return n, nil
 }
@@ -299,12 +336,12 @@ func (l *link) Capabilities() stack.LinkEndpointCapabilities {
 	return stack.CapabilityRXChecksumOffload
 }
 
-// GSOMaxSize and SupportedGSO make the link a stack.GSOEndpoint with
-// gVisor-side segmentation: TCP keeps one send-queue segment per up to
-// 64 KiB instead of per MTU (less bookkeeping per ACK) and splits it into
-// MTU-sized packets only when writing to us.
-func (l *link) GSOMaxSize() uint32               { return stack.GVisorGSOMaxSize }
-func (l *link) SupportedGSO() stack.SupportedGSO { return stack.GVisorGSOSupported }
+// GSOMaxSize and SupportedGSO make the link a stack.GSOEndpoint that
+// segments TCP itself (gso.go): TCP keeps one send-queue segment per up to
+// 64 KiB instead of per MTU (less bookkeeping per ACK) and sends it to us
+// whole.
+func (l *link) GSOMaxSize() uint32               { return gsoMaxSize }
+func (l *link) SupportedGSO() stack.SupportedGSO { return stack.HostGSOSupported }
 
 // Close is called by gVisor when the NIC is removed.
 func (l *link) Close() { l.closeTUN() }
