@@ -43,13 +43,14 @@ var (
 	loadsDesc     = prometheus.NewDesc("devgate_wireguard_peer_loads_total", "Peers loaded into the WireGuard device, by their handshake or by a packet to them.", nil, nil)
 	unloadsDesc   = prometheus.NewDesc("devgate_wireguard_peer_unloads_total", "Idle peers unloaded from the WireGuard device.", nil, nil)
 	replaysDesc   = prometheus.NewDesc("devgate_wireguard_initiations_replayed_total", "Handshake initiations refused for an unloaded peer because they were sealed before its last handshake: captured and replayed, or from a peer whose clock went back.", nil, nil)
+	sendGateDesc  = prometheus.NewDesc("devgate_wireguard_send_waits_total", "Times the send gate held WireGuard's reading of the netstack's packets while too many waited to be sealed and sent, by how the wait ended: drained (sending caught up) or forgotten (nothing was sent for 2 ms, so WireGuard held or dropped them; the count starts again).", []string{"outcome"}, nil)
 	gateDesc      = prometheus.NewDesc("devgate_wireguard_receive_waits_total", "Times the receive gate held WireGuard's receive loop while too many datagrams waited for the netstack, by how the wait ended: drained (the netstack caught up) or written_off (a session saw none of its datagrams written for 2 ms, so WireGuard had dropped them; that session is no longer gated).", []string{"outcome"}, nil)
 )
 
 type dataPlaneCollector struct{ g *Gateway }
 
 func (c dataPlaneCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{refusedDesc, acceptedDesc, ackHeldDesc, handshakeDesc, rxDesc, txDesc, loadedDesc, loadsDesc, unloadsDesc, replaysDesc, gateDesc} {
+	for _, d := range []*prometheus.Desc{refusedDesc, acceptedDesc, ackHeldDesc, handshakeDesc, rxDesc, txDesc, loadedDesc, loadsDesc, unloadsDesc, replaysDesc, gateDesc, sendGateDesc} {
 		ch <- d
 	}
 }
@@ -74,6 +75,9 @@ func (c dataPlaneCollector) Collect(ch chan<- prometheus.Metric) {
 	gs := c.g.tun.ReceiveGate()
 	ch <- prometheus.MustNewConstMetric(gateDesc, prometheus.CounterValue, float64(gs.Drained), "drained")
 	ch <- prometheus.MustNewConstMetric(gateDesc, prometheus.CounterValue, float64(gs.WrittenOff), "written_off")
+	ss := c.g.tun.SendGate()
+	ch <- prometheus.MustNewConstMetric(sendGateDesc, prometheus.CounterValue, float64(ss.Drained), "drained")
+	ch <- prometheus.MustNewConstMetric(sendGateDesc, prometheus.CounterValue, float64(ss.Forgotten), "forgotten")
 	stats, err := c.g.tun.Stats()
 	if err != nil {
 		return

@@ -476,10 +476,13 @@ func (b lazyBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 }
 
 // Send notes the session indices of the handshakes devgate sends, for the
-// receive gate (inflight.go).
+// receive gate (inflight.go), and counts what it sent for the send gate
+// (sendgate.go).
 func (b lazyBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	b.t.inflight.note(bufs)
-	return b.Bind.Send(bufs, ep)
+	err := b.Bind.Send(bufs, ep)
+	b.t.sendGate.sent(len(bufs))
+	return err
 }
 
 // takeInjected fills the batch from slot n on with initiations the checker
@@ -511,6 +514,7 @@ type lazyTUN struct {
 	lastTab *peerTable
 	lastDst [16]byte
 	lastOwn *lazyPeer
+	timer   *time.Timer // the send gate's
 }
 
 // Write hands wireguard-go's decrypted packets to the netstack through the
@@ -519,8 +523,16 @@ func (d *lazyTUN) Write(bufs [][]byte, offset int) (int, error) {
 	return d.t.inflight.write(d.Device, bufs, offset)
 }
 
+// Read hands wireguard-go the netstack's packets through the send gate
+// (sendgate.go).
 func (d *lazyTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if d.timer == nil {
+		d.timer = time.NewTimer(time.Hour)
+		d.timer.Stop()
+	}
+	d.t.sendGate.wait(d.timer, d.t.closing)
 	n, err := d.Device.Read(bufs, sizes, offset)
+	d.t.sendGate.read(n)
 	tab := d.t.table.Load()
 	for i := range n {
 		pkt := bufs[i][offset : offset+sizes[i]]

@@ -76,6 +76,7 @@ type Tunnel struct {
 	replays   atomic.Uint64 // initiations refused by a replay floor
 	closing   chan struct{} // closed by Close, before the device
 	inflight  *inflight     // the receive gate, see inflight.go
+	sendGate  *sendGate     // see sendgate.go
 
 	closeOnce sync.Once
 }
@@ -90,7 +91,7 @@ func New(cfg Config) (*Tunnel, error) {
 		logf = func(string, ...any) {}
 	}
 	t := &Tunnel{logf: logf, uapiSem: make(chan struct{}, maxUAPIConns), conns: make(map[net.Conn]struct{}),
-		responder: newResponder(cfg.PrivateKey), closing: make(chan struct{}), inflight: newInflight(),
+		responder: newResponder(cfg.PrivateKey), closing: make(chan struct{}), inflight: newInflight(), sendGate: newSendGate(),
 		checks: make(chan heldInitiation, checkQueue), inject: make(chan heldInitiation, injectQueue)}
 	t.table.Store(newPeerTable(0))
 	var bind conn.Bind = gsoBind{conn.NewDefaultBind()}
