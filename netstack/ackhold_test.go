@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"context"
 	"encoding/binary"
 	"io"
 	"testing"
@@ -159,11 +158,7 @@ func TestAckHeldThroughStacks(t *testing.T) {
 		got <- int(n)
 	})
 	p := newPeerStack(t, gw, testPeer)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	echo := mustDial(ctx, t, p, 7)
-	defer echo.Close()
-	echo.SetDeadline(time.Now().Add(20 * time.Second))
+	echo := dialWithin(t, p, 7, 20*time.Second)
 	buf := make([]byte, 100)
 	for i := range 20 {
 		if _, err := echo.Write(buf); err != nil {
@@ -177,7 +172,7 @@ func TestAckHeldThroughStacks(t *testing.T) {
 		t.Errorf("no reply of 20 carried its request's ACK (delayed: %d)", s.ACKsDelayed)
 	}
 
-	sink := mustDial(ctx, t, p, 9)
+	sink := dialWithin(t, p, 9, 20*time.Second)
 	before := gw.Stats().ACKsDelayed
 	for range 10 {
 		if _, err := sink.Write(buf); err != nil {

@@ -71,16 +71,11 @@ func TestGROBulkUpload(t *testing.T) {
 		b, _ := io.ReadAll(io.LimitReader(c, size))
 		got <- b
 	})
-	p := newBatchedPeerStack(t, gw)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c := mustDial(ctx, t, p, 9)
-	defer c.Close()
+	c := dialWithin(t, newBatchedPeerStack(t, gw), 9, 20*time.Second)
 	msg := make([]byte, size)
 	for i := range msg {
 		msg[i] = byte(i * 7)
 	}
-	c.SetDeadline(time.Now().Add(20 * time.Second))
 	if _, err := c.Write(msg); err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +84,7 @@ func TestGROBulkUpload(t *testing.T) {
 		if !bytes.Equal(b, msg) {
 			t.Fatalf("handler got %d bytes, want the %d sent, in order", len(b), len(msg))
 		}
-	case <-ctx.Done():
+	case <-time.After(20 * time.Second):
 		t.Fatal("upload did not finish")
 	}
 	in := gw.Stats().RxPackets
@@ -124,12 +119,7 @@ func TestGSODownload(t *testing.T) {
 		c.Write(msg)
 	})
 	p := newPeerStack(t, gw, testPeer)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	c := mustDial(ctx, t, p, 9)
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	got, err := io.ReadAll(c)
+	got, err := io.ReadAll(dialWithin(t, p, 9, 20*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -185,14 +185,19 @@ func (p *peerStack) dial(ctx context.Context, dst netip.AddrPort) (net.Conn, err
 	return gonet.DialContextTCP(ctx, p.s, tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom16(dst.Addr().As16()), Port: dst.Port()}, ipv6.ProtocolNumber)
 }
 
-// mustDial dials a test service port through p and fails the test if it
-// cannot.
-func mustDial(ctx context.Context, t testing.TB, p *peerStack, port uint16) net.Conn {
+// dialWithin dials a test service port through p, failing the test if it
+// cannot within d; the connection's deadline is d away and it is closed
+// when the test ends.
+func dialWithin(t testing.TB, p *peerStack, port uint16, d time.Duration) net.Conn {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
 	c, err := p.dial(ctx, netip.AddrPortFrom(testSvc, port))
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.SetDeadline(time.Now().Add(d))
+	t.Cleanup(func() { c.Close() })
 	return c
 }
 
@@ -237,14 +242,13 @@ func TestTCPFlows(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
-	c := mustDial(ctx, t, p, 7)
+	c := dialWithin(t, p, 7, 10*time.Second)
 	msg := make([]byte, 300_000)
 	for i := range msg {
 		msg[i] = byte(i)
 	}
 	go c.Write(msg)
 	got := make([]byte, len(msg))
-	c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
 		t.Fatalf("echo: err = %v, equal = %v", err, string(got) == string(msg))
 	}

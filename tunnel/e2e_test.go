@@ -131,6 +131,29 @@ func newGatewayTun(t testing.TB, cfg netstack.Config, tcfg tunnel.Config, wrap f
 // routeAll sends every destination through the tunnel, not only the /48.
 func (gw *gateway) addClient(t testing.TB, n uint32, routeAll bool) (*client.Client, tunnel.Peer) {
 	t.Helper()
+	priv, addr, p := gw.addPeer(t, n)
+	cfg := peers.ClientConfig(priv, gw.key.PublicKey(), addr, network, "127.0.0.1:"+strconv.Itoa(gw.tun.Port()))
+	if routeAll {
+		cfg.Peers[0].AllowedIPs = []netip.Prefix{netip.MustParsePrefix("::/0")}
+	}
+	return startClient(t, cfg), p
+}
+
+// addLaptop configures peer number n and returns its key and a function
+// that starts a client with that key sending to endpoint: each call is the
+// laptop (re)started, with a new session.
+func (gw *gateway) addLaptop(t testing.TB, n uint32, endpoint string) (wgtypes.Key, func() *client.Client) {
+	t.Helper()
+	priv, addr, _ := gw.addPeer(t, n)
+	return priv, func() *client.Client {
+		return startClient(t, peers.ClientConfig(priv, gw.key.PublicKey(), addr, network, endpoint))
+	}
+}
+
+// addPeer configures peer number n with a new key and returns the key, the
+// peer's address and the peer.
+func (gw *gateway) addPeer(t testing.TB, n uint32) (wgtypes.Key, netip.Addr, tunnel.Peer) {
+	t.Helper()
 	priv, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -144,16 +167,18 @@ func (gw *gateway) addClient(t testing.TB, n uint32, routeAll bool) (*client.Cli
 	if err := gw.tun.SetPeers(gw.peers); err != nil {
 		t.Fatal(err)
 	}
-	cfg := peers.ClientConfig(priv, gw.key.PublicKey(), addr, network, "127.0.0.1:"+strconv.Itoa(gw.tun.Port()))
-	if routeAll {
-		cfg.Peers[0].AllowedIPs = []netip.Prefix{netip.MustParsePrefix("::/0")}
-	}
+	return priv, addr, p
+}
+
+// startClient starts a client, closed when the test ends.
+func startClient(t testing.TB, cfg *peers.Config) *client.Client {
+	t.Helper()
 	c, err := client.New(cfg, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return c, p
+	return c
 }
 
 // checkGoroutines fails the test if goroutines started during it are still
@@ -562,26 +587,7 @@ func TestLazyPeers(t *testing.T) {
 	checkGoroutines(t)
 	gw := newGateway(t, netstack.Config{}, "")
 	gw.peers = makePeers(t, 2, 1000)
-	priv, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := peers.Peer(network, 1, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw.peers = append(gw.peers, tunnel.Peer{PublicKey: priv.PublicKey(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr, peers.PeerPrefixLen).Masked()}})
-	if err := gw.tun.SetPeers(gw.peers); err != nil {
-		t.Fatal(err)
-	}
-	laptop := func() *client.Client {
-		c, err := client.New(peers.ClientConfig(priv, gw.key.PublicKey(), addr, network, "127.0.0.1:"+strconv.Itoa(gw.tun.Port())), t.Logf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	priv, laptop := gw.addLaptop(t, 1, "127.0.0.1:"+strconv.Itoa(gw.tun.Port()))
 	wantLoads := func(loaded int, loads, unloads uint64) {
 		t.Helper()
 		if ls := gw.tun.Loads(); ls != (tunnel.LoadStats{Configured: 1001, Loaded: loaded, Loads: loads, Unloads: unloads}) {
@@ -965,26 +971,7 @@ func TestReplayedInitiationsAfterUnload(t *testing.T) {
 	checkGoroutines(t)
 	gw := newGateway(t, netstack.Config{}, "")
 	relay := newRecordingRelay(t, gw)
-	priv, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := peers.Peer(network, 1, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gw.peers = append(gw.peers, tunnel.Peer{PublicKey: priv.PublicKey(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(addr, peers.PeerPrefixLen).Masked()}})
-	if err := gw.tun.SetPeers(gw.peers); err != nil {
-		t.Fatal(err)
-	}
-	laptop := func() *client.Client {
-		c, err := client.New(peers.ClientConfig(priv, gw.key.PublicKey(), addr, network, relay.down.LocalAddr().String()), t.Logf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
+	priv, laptop := gw.addLaptop(t, 1, relay.down.LocalAddr().String())
 	a := laptop()
 	roundTrip(t, dialService(t, a, 80), "loads the peer")
 	a.Close()
