@@ -23,13 +23,17 @@ import (
 // 16 bits.
 const gsoMaxSize = 0xffff
 
-// segments is how many link packets pkt becomes.
+// segments is the outbound queue's room pkt takes: the link packets it
+// becomes, at most the whole queue. A peer that announces a small MSS
+// gets segments of a few hundred bytes, and a 64 KiB packet is then more
+// than the queue holds; it must still fit, or its sender would wait for
+// good holding the TCP endpoint's lock.
 func segments(pkt *stack.PacketBuffer) int {
 	g := pkt.GSOOptions
 	if g.Type != stack.GSOTCPv6 || g.MSS == 0 {
 		return 1
 	}
-	return max(1, (pkt.Data().Size()+int(g.MSS)-1)/int(g.MSS))
+	return min(max(1, (pkt.Data().Size()+int(g.MSS)-1)/int(g.MSS)), outboundSegments)
 }
 
 // cutter cuts one outbound packet into segments across reads. Only read
@@ -97,7 +101,8 @@ func (c *cutter) cut(dst []byte) (n int, done bool) {
 	return c.hdr + size, last
 }
 
-// drop releases a packet half cut (the link is closing).
+// drop releases the packet being cut (it does not fit, or the link is
+// closing).
 func (c *cutter) drop() {
 	if c.pkt != nil {
 		c.pkt.DecRef()

@@ -125,6 +125,15 @@ func (t tunDevice) Close() error {
 // is due, then returns as many link packets as are ready, up to len(bufs).
 func (l *link) read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	for {
+		select {
+		case <-l.done:
+			if l.cut.pkt != nil {
+				l.room.Release(int64(l.cut.segs))
+				l.cut.drop()
+			}
+			return 0, os.ErrClosed
+		default:
+		}
 		n, wake := l.acks.release(bufs, sizes, offset, 0)
 		if n == 0 && l.cut.pkt == nil {
 			select {
