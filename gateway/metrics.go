@@ -43,7 +43,7 @@ var (
 	loadsDesc     = prometheus.NewDesc("devgate_wireguard_peer_loads_total", "Peers loaded into the WireGuard device, by their handshake or by a packet to them.", nil, nil)
 	unloadsDesc   = prometheus.NewDesc("devgate_wireguard_peer_unloads_total", "Idle peers unloaded from the WireGuard device.", nil, nil)
 	replaysDesc   = prometheus.NewDesc("devgate_wireguard_initiations_replayed_total", "Handshake initiations refused for an unloaded peer because they were sealed before its last handshake: captured and replayed, or from a peer whose clock went back.", nil, nil)
-	sendGateDesc  = prometheus.NewDesc("devgate_wireguard_send_waits_total", "Times the send gate held WireGuard's reading of the netstack's packets while too many waited to be sealed and sent, by how the wait ended: drained (sending caught up) or forgotten (nothing was sent for 2 ms, so WireGuard held or dropped them; the count starts again).", []string{"outcome"}, nil)
+	sendGateDesc  = prometheus.NewDesc("devgate_wireguard_send_waits_total", "Times the send gate held WireGuard's reading of the netstack's packets while too many waited to be sealed and sent, by how the wait ended: drained (sending caught up) or forgotten (not drained within 2 ms: WireGuard holds packets for a peer still handshaking and drops some, so the count starts again).", []string{"outcome"}, nil)
 	gateDesc      = prometheus.NewDesc("devgate_wireguard_receive_waits_total", "Times the receive gate held WireGuard's receive loop while too many datagrams waited for the netstack, by how the wait ended: drained (the netstack caught up) or written_off (a session saw none of its datagrams written for 2 ms, so WireGuard had dropped them; that session is no longer gated).", []string{"outcome"}, nil)
 )
 

@@ -481,7 +481,13 @@ func (b lazyBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 func (b lazyBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	b.t.inflight.note(bufs)
 	err := b.Bind.Send(bufs, ep)
-	b.t.sendGate.sent(len(bufs))
+	data := 0
+	for _, m := range bufs {
+		if len(m) > device.MessageKeepaliveSize && binary.LittleEndian.Uint32(m) == device.MessageTransportType {
+			data++
+		}
+	}
+	b.t.sendGate.sent(data)
 	return err
 }
 
@@ -532,8 +538,8 @@ func (d *lazyTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 	d.t.sendGate.wait(d.timer, d.t.closing)
 	n, err := d.Device.Read(bufs, sizes, offset)
-	d.t.sendGate.read(n)
 	tab := d.t.table.Load()
+	toLoaded := 0
 	for i := range n {
 		pkt := bufs[i][offset : offset+sizes[i]]
 		if len(pkt) < 40 || pkt[0]>>4 != 6 {
@@ -543,10 +549,15 @@ func (d *lazyTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		if tab != d.lastTab || dst != d.lastDst {
 			d.lastTab, d.lastDst, d.lastOwn = tab, dst, tab.owner(netip.AddrFrom16(dst))
 		}
-		if e := d.lastOwn; e != nil && !e.loaded.Load() {
+		switch e := d.lastOwn; {
+		case e == nil: // no peer: wireguard-go drops it
+		case e.loaded.Load():
+			toLoaded++
+		default: // wireguard-go drops it, and loads the peer for the next
 			d.t.wake(e)
 		}
 	}
+	d.t.sendGate.read(toLoaded)
 	return n, err
 }
 

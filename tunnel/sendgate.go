@@ -12,13 +12,15 @@ import (
 // before the receive gate (inflight.go); with host GSO in the link a
 // download held ~15 MiB more of them.
 //
-// The gate counts packets read from the netstack less datagrams sent.
-// Above sendLimit the TUN reader waits until sendLow are left, so the
-// netstack's writers wait on the link's queue and TCP on its window. Sent
-// datagrams also include handshakes and keepalives, which were never read,
-// so the count never goes below zero; and wireguard-go holds or drops
-// packets it has no session for, which are never sent, so a wait lasts at
-// most sendStall and then forgets the count: the gate fails open.
+// The gate counts packets read from the netstack for loaded peers (those
+// for no peer or an unloaded one wireguard-go drops at once) less the
+// transport data messages sent (not keepalives or handshakes). Above
+// sendLimit the TUN reader waits until sendLow are left, so the netstack's
+// writers wait on the link's queue and TCP on its window. The count never
+// goes below zero; and wireguard-go holds packets for a peer with no
+// session yet, and drops some (a full staging queue, no endpoint), which
+// are never sent, so a wait lasts at most sendStall and then forgets the
+// count: the gate fails open.
 const (
 	sendLimit = 4 * 128 // four wireguard-go batches: the sealing keeps busy
 	sendLow   = sendLimit / 2
