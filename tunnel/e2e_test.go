@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -27,6 +28,7 @@ import (
 	"github.com/devgate/devgate/netstack"
 	"github.com/devgate/devgate/peers"
 	"github.com/devgate/devgate/tunnel"
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -89,12 +91,13 @@ type gateway struct {
 
 func newGateway(t testing.TB, cfg netstack.Config, uapiPath string) *gateway {
 	t.Helper()
-	return newGatewayTun(t, cfg, tunnel.Config{UAPIPath: uapiPath}, nil)
+	return newGatewayTun(t, cfg, tunnel.Config{UAPIPath: uapiPath}, nil, nil)
 }
 
 // newGatewayTun is newGateway with tunnel options; key, TUN and Logf are
-// filled in, the TUN passed through wrap if it is not nil.
-func newGatewayTun(t testing.TB, cfg netstack.Config, tcfg tunnel.Config, wrap func(tun.Device) tun.Device) *gateway {
+// filled in, the TUN passed through wrap and the UDP bind through wrapBind
+// if they are not nil.
+func newGatewayTun(t testing.TB, cfg netstack.Config, tcfg tunnel.Config, wrap func(tun.Device) tun.Device, wrapBind func(conn.Bind) conn.Bind) *gateway {
 	t.Helper()
 	r := &testRouter{
 		tcp:    map[netip.AddrPort]netstack.TCPHandler{netip.AddrPortFrom(service, 80): echo(0)},
@@ -114,7 +117,7 @@ func newGatewayTun(t testing.TB, cfg netstack.Config, tcfg tunnel.Config, wrap f
 	if wrap != nil {
 		tcfg.TUN = wrap(tcfg.TUN)
 	}
-	tn, err := tunnel.New(tcfg)
+	tn, err := tunnel.NewWithBind(tcfg, wrapBind)
 	if err != nil {
 		st.Close()
 		t.Fatal(err)
@@ -268,7 +271,7 @@ func TestTCPNoRouteIsRefused(t *testing.T) {
 func TestHeldSYNStillConnects(t *testing.T) {
 	checkGoroutines(t)
 	// This gateway also uses the single-address bind (ListenAddr).
-	gw := newGatewayTun(t, netstack.Config{}, tunnel.Config{ListenAddr: netip.MustParseAddr("127.0.0.1")}, nil)
+	gw := newGatewayTun(t, netstack.Config{}, tunnel.Config{ListenAddr: netip.MustParseAddr("127.0.0.1")}, nil, nil)
 	gw.router.tcp[netip.AddrPortFrom(service, 8080)] = echo(200 * time.Millisecond)
 	c, _ := gw.addClient(t, 1, false)
 	roundTrip(t, dialService(t, c, 8080), "woken")
@@ -786,7 +789,7 @@ func TestReceiveGate(t *testing.T) {
 	gw := newGatewayTun(t, netstack.Config{}, tunnel.Config{}, func(d tun.Device) tun.Device {
 		held = &holdTUN{Device: d}
 		return held
-	})
+	}, nil)
 	const size = 8 << 20
 	sums := checksumServer(gw, 9)
 	c, _ := gw.addClient(t, 1, false)
@@ -1036,4 +1039,112 @@ func TestReplayedInitiationsAfterUnload(t *testing.T) {
 	if ls := gw.tun.Loads(); ls.Loads != 2 || ls.Replays != uint64(len(captured)) {
 		t.Fatalf("the laptop's own initiation: %+v, want a second load", ls)
 	}
+}
+
+// holdBind stands for a socket that cannot send for a while: Send waits
+// while hold is set.
+type holdBind struct {
+	conn.Bind
+	hold atomic.Pointer[chan struct{}]
+}
+
+func (b *holdBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if h := b.hold.Load(); h != nil {
+		<-*h
+	}
+	return b.Bind.Send(bufs, ep)
+}
+
+// TestSendGateHeldSocket holds the gateway's socket in the middle of a
+// download, with real wireguard-go on both ends: the packets the netstack
+// goes on producing pile up inside wireguard-go until the send gate holds
+// its reader; with nothing sent for 2 ms it forgets its count (it cannot
+// tell a stuck socket from a peer whose packets wireguard-go holds); once
+// the socket sends again every byte arrives in order.
+func TestSendGateHeldSocket(t *testing.T) {
+	checkGoroutines(t)
+	var held *holdBind
+	gw := newGatewayTun(t, netstack.Config{}, tunnel.Config{}, nil, func(b conn.Bind) conn.Bind {
+		held = &holdBind{Bind: b}
+		return held
+	})
+	const size = 16 << 20
+	pattern := func(i int) byte { return byte(i * 7 >> 3) }
+	gw.serve(9, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(2 * time.Minute))
+		buf := make([]byte, 64<<10)
+		for off := 0; off < size; off += len(buf) {
+			for i := range buf {
+				buf[i] = pattern(off + i)
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	})
+	c, _ := gw.addClient(t, 1, false)
+	// Three downloads: together their windows are more than sendLimit
+	// packets (one alone had 370-470 in flight).
+	const flows = 3
+	var got [flows]atomic.Int64
+	result := make(chan error, flows)
+	for f := range flows {
+		down := dialService(t, c, 9)
+		down.SetDeadline(time.Now().Add(2 * time.Minute))
+		go func() { // the laptop reads throughout
+			buf := make([]byte, 64<<10)
+			for n := 0; n < size; {
+				k, err := down.Read(buf)
+				for i, b := range buf[:k] {
+					if b != pattern(n+i) {
+						result <- fmt.Errorf("flow %d: byte %d is %d, want %d", f, n+i, b, pattern(n+i))
+						return
+					}
+				}
+				n += k
+				got[f].Store(int64(n))
+				if err != nil {
+					result <- fmt.Errorf("flow %d: after %d bytes: %w", f, n, err)
+					return
+				}
+			}
+			result <- nil
+		}()
+	}
+	if !waitFor(func() bool { // the windows open
+		for f := range flows {
+			if got[f].Load() < 4<<20 {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatal("the downloads did not get going")
+	}
+
+	release := make(chan struct{})
+	held.hold.Store(&release)
+	var once sync.Once
+	unhold := func() {
+		once.Do(func() {
+			held.hold.Store(nil)
+			close(release)
+		})
+	}
+	t.Cleanup(unhold)
+	if !waitFor(func() bool { return gw.tun.SendGate().Forgotten > 0 }) {
+		t.Fatalf("the send gate never waited behind a held socket: %+v, %d inside", gw.tun.SendGate(), gw.tun.SendGateCount())
+	}
+	unhold()
+	for range flows {
+		select {
+		case err := <-result:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(2 * time.Minute):
+			t.Fatal("a download stopped")
+		}
+	}
+	t.Logf("send gate: %+v", gw.tun.SendGate())
 }

@@ -3,8 +3,17 @@ package tunnel
 import (
 	"time"
 
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
+
+// NewWithBind is New with wrap around the UDP bind.
+func NewWithBind(cfg Config, wrap func(conn.Bind) conn.Bind) (*Tunnel, error) {
+	return newTunnel(cfg, wrap)
+}
+
+// SendGateWaiting reports whether the TUN reader waits at the send gate.
+func (t *Tunnel) SendGateWaiting() bool { return t.sendGate.waiting.Load() }
 
 // SweepAt runs the idle-peer sweep as if the clock read now.
 func (t *Tunnel) SweepAt(now time.Time) error { return t.sweep(now) }
@@ -38,3 +47,6 @@ func (t *Tunnel) LatestSealed(k wgtypes.Key) time.Time {
 	}
 	return time.Time{}
 }
+
+// SendGateCount is the send gate's count of packets inside wireguard-go.
+func (t *Tunnel) SendGateCount() int64 { return t.sendGate.inside.Load() }

@@ -82,7 +82,11 @@ type Tunnel struct {
 }
 
 // New starts a WireGuard device on cfg.TUN.
-func New(cfg Config) (*Tunnel, error) {
+func New(cfg Config) (*Tunnel, error) { return newTunnel(cfg, nil) }
+
+// newTunnel is New with wrapBind, if not nil, around the UDP bind (for
+// tests that hold the socket).
+func newTunnel(cfg Config, wrapBind func(conn.Bind) conn.Bind) (*Tunnel, error) {
 	if cfg.TUN == nil {
 		return nil, errors.New("tunnel: Config.TUN is required")
 	}
@@ -97,6 +101,9 @@ func New(cfg Config) (*Tunnel, error) {
 	var bind conn.Bind = gsoBind{conn.NewDefaultBind()}
 	if cfg.ListenAddr.IsValid() {
 		bind = &addrBind{addr: cfg.ListenAddr.Unmap()}
+	}
+	if wrapBind != nil {
+		bind = wrapBind(bind)
 	}
 	t.dev = device.NewDevice(&lazyTUN{Device: cfg.TUN, t: t}, lazyBind{Bind: bind, t: t}, newRateLimitedLogger(logf))
 	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort)
