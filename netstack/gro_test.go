@@ -98,18 +98,14 @@ func TestGROBulkUpload(t *testing.T) {
 	}
 }
 
-// TestGSODownload sends a bulk stream from the gateway to the peer, whose
-// pump reads 16 link packets at a time: gVisor hands the link TCP packets
-// of up to 64 KiB, read cuts them into segments across reads, and every
-// byte must arrive in order with checksums the peer's stack accepts.
-func TestGSODownload(t *testing.T) {
-	gw, r := newTestStack(t, Config{})
-	const size = 4 << 20
+// serveDownload makes port on the test stack send size patterned bytes on
+// each connection and close it; it returns the bytes.
+func serveDownload(r *router, port uint16, size int) []byte {
 	msg := make([]byte, size)
 	for i := range msg {
 		msg[i] = byte(i * 13)
 	}
-	r.tcp[9] = handlerFunc(func(q TCPRequest) {
+	r.tcp[port] = handlerFunc(func(q TCPRequest) {
 		c, err := q.Accept()
 		if err != nil {
 			return
@@ -118,6 +114,16 @@ func TestGSODownload(t *testing.T) {
 		c.SetDeadline(time.Now().Add(20 * time.Second))
 		c.Write(msg)
 	})
+	return msg
+}
+
+// TestGSODownload sends a bulk stream from the gateway to the peer, whose
+// pump reads 16 link packets at a time: gVisor hands the link TCP packets
+// of up to 64 KiB, read cuts them into segments across reads, and every
+// byte must arrive in order with checksums the peer's stack accepts.
+func TestGSODownload(t *testing.T) {
+	gw, r := newTestStack(t, Config{})
+	msg := serveDownload(r, 9, 4<<20)
 	p := newPeerStack(t, gw, testPeer)
 	got, err := io.ReadAll(dialWithin(t, p, 9, 20*time.Second))
 	if err != nil {

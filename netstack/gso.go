@@ -44,39 +44,35 @@ type cutter struct {
 	hdr  int                 // IPv6 and TCP header length
 	mss  int
 	next int // offset of the next segment's payload in the packet's data
-	hdrb [header.IPv6MinimumSize + header.TCPHeaderMaximumSize]byte
 }
 
-// start takes pkt (and its reference) to cut. It reports false, and drops
-// the packet, if it is not a TCP packet the link can cut (gVisor builds
-// none such).
-func (c *cutter) start(pkt *stack.PacketBuffer) bool {
+// start takes pkt (and its reference) to cut; it holds segs of the
+// queue's room. It reports false, and drops the packet, if it is not a TCP
+// packet the link can cut (gVisor builds none such).
+func (c *cutter) start(pkt *stack.PacketBuffer, segs int) bool {
 	nh, th := pkt.NetworkHeader().Slice(), pkt.TransportHeader().Slice()
 	if len(nh) != header.IPv6MinimumSize || len(th) < header.TCPMinimumSize || len(th) > header.TCPHeaderMaximumSize {
 		pkt.DecRef()
 		return false
 	}
-	c.pkt, c.segs, c.hdr, c.next = pkt, segments(pkt), len(nh)+len(th), 0
+	c.pkt, c.segs, c.hdr, c.next = pkt, segs, len(nh)+len(th), 0
 	c.mss = int(pkt.GSOOptions.MSS)
 	if c.mss == 0 {
 		c.mss = gsoMaxSize
 	}
-	copy(c.hdrb[:], nh)
-	copy(c.hdrb[len(nh):], th)
 	return true
 }
 
 // cut writes the next segment into dst and returns its size, or -1 if dst
 // is too small. done reports that it was the last.
 func (c *cutter) cut(dst []byte) (n int, done bool) {
-	data := c.pkt.Data()
-	total := data.Size()
+	total := c.pkt.Data().Size()
 	size := min(c.mss, total-c.next)
 	if c.hdr+size > len(dst) {
 		return -1, false
 	}
 	first, last := c.next == 0, c.next+size >= total
-	copy(dst, c.hdrb[:c.hdr])
+	copyRange(dst[:c.hdr], c.pkt, 0) // the headers, then this segment's payload
 	copyRange(dst[c.hdr:c.hdr+size], c.pkt, c.hdr+c.next)
 	tcpLen := c.hdr - header.IPv6MinimumSize + size
 	binary.BigEndian.PutUint16(dst[4:], uint16(tcpLen))

@@ -46,7 +46,7 @@ func TestCutter(t *testing.T) {
 		t.Fatalf("segments = %d, want 3", n)
 	}
 	var c cutter
-	if !c.start(pkt) {
+	if !c.start(pkt, segments(pkt)) {
 		t.Fatal("start refused a TCP packet")
 	}
 	if n, _ := c.cut(make([]byte, 40+20+mss-1)); n != -1 {
@@ -92,7 +92,7 @@ func TestCutter(t *testing.T) {
 	// A bare ACK (no payload) is one segment, its checksum completed.
 	ack := gsoPacket(t, header.TCPFlagAck, 5, 0, mss)
 	addrs := bytes.Clone(ack.NetworkHeader().Slice()[8:40])
-	if !c.start(ack) {
+	if !c.start(ack, segments(ack)) {
 		t.Fatal("start refused a bare ACK")
 	}
 	buf := make([]byte, 2048)
@@ -109,20 +109,7 @@ func TestCutter(t *testing.T) {
 // and every flow on its processor, for good).
 func TestGSOSmallMSS(t *testing.T) {
 	gw, r := newTestStack(t, Config{})
-	const size = 1 << 20
-	msg := make([]byte, size)
-	for i := range msg {
-		msg[i] = byte(i * 11)
-	}
-	r.tcp[9] = handlerFunc(func(q TCPRequest) {
-		c, err := q.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		c.Write(msg)
-	})
+	msg := serveDownload(r, 9, 1<<20)
 	p := newPeerStack(t, gw, testPeer)
 	var wq waiter.Queue
 	ep, tcperr := p.s.NewEndpoint(tcp.ProtocolNumber, ipv6.ProtocolNumber, &wq)

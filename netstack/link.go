@@ -127,10 +127,7 @@ func (l *link) read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	for {
 		select {
 		case <-l.done:
-			if l.cut.pkt != nil {
-				l.room.Release(int64(l.cut.segs))
-				l.cut.drop()
-			}
+			l.dropCut()
 			return 0, os.ErrClosed
 		default:
 		}
@@ -186,7 +183,7 @@ func (l *link) fill(bufs [][]byte, sizes []int, offset, n int, pkt *stack.Packet
 				}
 				continue
 			}
-			if segs := segments(p); !l.cut.start(p) {
+			if segs := segments(p); !l.cut.start(p, segs) {
 				l.room.Release(int64(segs))
 				continue
 			}
@@ -194,18 +191,27 @@ func (l *link) fill(bufs [][]byte, sizes []int, offset, n int, pkt *stack.Packet
 		segs := int64(l.cut.segs)
 		sz, done := l.cut.cut(bufs[n][offset:])
 		if sz < 0 {
-			l.cut.drop()
-			done = true
+			l.dropCut()
+			continue
 		}
 		if done {
 			l.room.Release(segs)
 		}
-		if sz >= 0 && !l.acks.hold(bufs[n][offset:offset+sz]) {
+		if !l.acks.hold(bufs[n][offset : offset+sz]) {
 			sizes[n] = sz
 			n++
 		}
 	}
 	return n
+}
+
+// dropCut releases the packet being cut, if any, and the queue room it
+// holds.
+func (l *link) dropCut() {
+	if l.cut.pkt != nil {
+		l.room.Release(int64(l.cut.segs))
+		l.cut.drop()
+	}
 }
 
 // copyPacket copies pkt into dst without allocating and returns its size, or

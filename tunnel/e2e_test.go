@@ -675,33 +675,44 @@ func TestLazyPeers(t *testing.T) {
 	}
 }
 
-// holdTUN stands for a netstack slower than the receive path, as on a
-// gateway with one busy core: while held, writes wait for the release.
-type holdTUN struct {
-	tun.Device
+// holder makes calls wait while it is held.
+type holder struct {
 	mu   sync.Mutex
 	hold chan struct{}
 }
 
-func (d *holdTUN) Write(bufs [][]byte, offset int) (int, error) {
-	d.mu.Lock()
-	h := d.hold
-	d.mu.Unlock()
-	if h != nil {
-		<-h
+// wait returns once the holder is not held.
+func (h *holder) wait() {
+	h.mu.Lock()
+	c := h.hold
+	h.mu.Unlock()
+	if c != nil {
+		<-c
 	}
-	return d.Device.Write(bufs, offset)
 }
 
-func (d *holdTUN) setHold(on bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+// setHold holds or releases; releasing twice is harmless.
+func (h *holder) setHold(on bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if on {
-		d.hold = make(chan struct{})
-	} else if d.hold != nil {
-		close(d.hold)
-		d.hold = nil
+		h.hold = make(chan struct{})
+	} else if h.hold != nil {
+		close(h.hold)
+		h.hold = nil
 	}
+}
+
+// holdTUN stands for a netstack slower than the receive path, as on a
+// gateway with one busy core: while held, writes wait for the release.
+type holdTUN struct {
+	tun.Device
+	holder
+}
+
+func (d *holdTUN) Write(bufs [][]byte, offset int) (int, error) {
+	d.wait()
+	return d.Device.Write(bufs, offset)
 }
 
 // waitFor polls cond every millisecond for up to 10 s.
@@ -1041,17 +1052,15 @@ func TestReplayedInitiationsAfterUnload(t *testing.T) {
 	}
 }
 
-// holdBind stands for a socket that cannot send for a while: Send waits
-// while hold is set.
+// holdBind stands for a socket that cannot send for a while: while held,
+// sends wait for the release.
 type holdBind struct {
 	conn.Bind
-	hold atomic.Pointer[chan struct{}]
+	holder
 }
 
 func (b *holdBind) Send(bufs [][]byte, ep conn.Endpoint) error {
-	if h := b.hold.Load(); h != nil {
-		<-*h
-	}
+	b.wait()
 	return b.Bind.Send(bufs, ep)
 }
 
@@ -1122,20 +1131,12 @@ func TestSendGateHeldSocket(t *testing.T) {
 		t.Fatal("the downloads did not get going")
 	}
 
-	release := make(chan struct{})
-	held.hold.Store(&release)
-	var once sync.Once
-	unhold := func() {
-		once.Do(func() {
-			held.hold.Store(nil)
-			close(release)
-		})
-	}
-	t.Cleanup(unhold)
+	held.setHold(true)
+	t.Cleanup(func() { held.setHold(false) })
 	if !waitFor(func() bool { return gw.tun.SendGate().Forgotten > 0 }) {
 		t.Fatalf("the send gate never waited behind a held socket: %+v, %d inside", gw.tun.SendGate(), gw.tun.SendGateCount())
 	}
-	unhold()
+	held.setHold(false)
 	for range flows {
 		select {
 		case err := <-result:

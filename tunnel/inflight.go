@@ -145,7 +145,7 @@ func (g *inflight) countReceived(bufs [][]byte, sizes []int, n int) {
 	var batch uint64
 	for i := range n {
 		b := bufs[i][:sizes[i]]
-		if len(b) <= device.MessageKeepaliveSize || binary.LittleEndian.Uint32(b) != device.MessageTransportType {
+		if !isTransportData(b) {
 			continue
 		}
 		idx := binary.LittleEndian.Uint32(b[device.MessageTransportOffsetReceiver:])
@@ -345,4 +345,18 @@ type GateStats struct{ Drained, WrittenOff uint64 }
 // ReceiveGate reports the receive gate's waits so far.
 func (t *Tunnel) ReceiveGate() GateStats {
 	return GateStats{Drained: t.inflight.drained.Load(), WrittenOff: t.inflight.writtenOff.Load()}
+}
+
+// isTransportData reports whether b is a WireGuard transport message
+// carrying a packet (not a keepalive, which is empty).
+func isTransportData(b []byte) bool {
+	return len(b) > device.MessageKeepaliveSize && binary.LittleEndian.Uint32(b) == device.MessageTransportType
+}
+
+// stoppedTimer returns a timer that has not been started, for waits that
+// Reset it.
+func stoppedTimer() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
 }

@@ -164,9 +164,7 @@ func fill(g *inflight, idx uint32, n int) {
 func waitAsync(g *inflight, closing chan struct{}) chan struct{} {
 	done := make(chan struct{})
 	go func() {
-		timer := time.NewTimer(time.Hour)
-		timer.Stop()
-		g.wait(timer, closing)
+		g.wait(stoppedTimer(), closing)
 		close(done)
 	}()
 	for g.waiting.Load() == 0 {

@@ -445,8 +445,7 @@ func (b lazyBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	fns, actual, err := b.Bind.Open(port)
 	t := b.t
 	for i, recv := range fns {
-		timer := time.NewTimer(time.Hour)
-		timer.Stop()
+		timer := stoppedTimer()
 		fns[i] = func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 			// Initiations handed back go first, without a read, so they
 			// also pass through binds that read one datagram at a time.
@@ -483,7 +482,7 @@ func (b lazyBind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	err := b.Bind.Send(bufs, ep)
 	data := 0
 	for _, m := range bufs {
-		if len(m) > device.MessageKeepaliveSize && binary.LittleEndian.Uint32(m) == device.MessageTransportType {
+		if isTransportData(m) {
 			data++
 		}
 	}
@@ -520,7 +519,7 @@ type lazyTUN struct {
 	lastTab *peerTable
 	lastDst [16]byte
 	lastOwn *lazyPeer
-	timer   *time.Timer // the send gate's
+	timer   *time.Timer // the send gate's, made with the device
 }
 
 // Write hands wireguard-go's decrypted packets to the netstack through the
@@ -532,10 +531,6 @@ func (d *lazyTUN) Write(bufs [][]byte, offset int) (int, error) {
 // Read hands wireguard-go the netstack's packets through the send gate
 // (sendgate.go).
 func (d *lazyTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	if d.timer == nil {
-		d.timer = time.NewTimer(time.Hour)
-		d.timer.Stop()
-	}
 	d.t.sendGate.wait(d.timer, d.t.closing)
 	n, err := d.Device.Read(bufs, sizes, offset)
 	tab := d.t.table.Load()

@@ -11,8 +11,7 @@ import (
 // count is forgotten. Sends of what was never read (handshakes,
 // keepalives) never take the count below zero.
 func TestSendGate(t *testing.T) {
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
+	timer := stoppedTimer()
 	never := make(chan struct{})
 
 	g := newSendGate()

@@ -105,7 +105,7 @@ func newTunnel(cfg Config, wrapBind func(conn.Bind) conn.Bind) (*Tunnel, error) 
 	if wrapBind != nil {
 		bind = wrapBind(bind)
 	}
-	t.dev = device.NewDevice(&lazyTUN{Device: cfg.TUN, t: t}, lazyBind{Bind: bind, t: t}, newRateLimitedLogger(logf))
+	t.dev = device.NewDevice(&lazyTUN{Device: cfg.TUN, t: t, timer: stoppedTimer()}, lazyBind{Bind: bind, t: t}, newRateLimitedLogger(logf))
 	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort)
 	err := t.dev.IpcSet(conf)
 	if err == nil {
