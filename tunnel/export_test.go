@@ -50,3 +50,7 @@ func (t *Tunnel) LatestSealed(k wgtypes.Key) time.Time {
 
 // SendGateCount is the send gate's count of packets inside wireguard-go.
 func (t *Tunnel) SendGateCount() int64 { return t.sendGate.inside.Load() }
+
+// SetSendGateLimit lowers the send gate's limit (sendLimit), so a test
+// need not fill wireguard-go with 512 packets.
+func (t *Tunnel) SetSendGateLimit(n int64) { t.sendGate.limit.Store(n) }

@@ -30,6 +30,7 @@ const (
 )
 
 type sendGate struct {
+	limit   atomic.Int64 // sendLimit; lower in tests
 	inside  atomic.Int64 // read from the netstack, not yet sent
 	waiting atomic.Bool
 	wake    chan struct{} // one token: sends reached sendLow while the reader waited
@@ -37,7 +38,11 @@ type sendGate struct {
 	drained, forgotten atomic.Uint64
 }
 
-func newSendGate() *sendGate { return &sendGate{wake: make(chan struct{}, 1)} }
+func newSendGate() *sendGate {
+	g := &sendGate{wake: make(chan struct{}, 1)}
+	g.limit.Store(sendLimit)
+	return g
+}
 
 // read counts n packets wireguard-go read from the netstack.
 func (g *sendGate) read(n int) { g.inside.Add(int64(n)) }
@@ -48,7 +53,7 @@ func (g *sendGate) sent(n int) {
 		v := g.inside.Load()
 		left := max(v-int64(n), 0)
 		if g.inside.CompareAndSwap(v, left) {
-			if left <= sendLow && g.waiting.Load() {
+			if left <= g.limit.Load()/2 && g.waiting.Load() {
 				select {
 				case g.wake <- struct{}{}:
 				default:
@@ -59,11 +64,12 @@ func (g *sendGate) sent(n int) {
 	}
 }
 
-// wait holds the TUN reader while more than sendLimit packets are inside
-// wireguard-go, until sendLow are left, the link closes, or sendStall
-// passes (then the count is forgotten).
+// wait holds the TUN reader while more than the limit (sendLimit) are
+// inside wireguard-go, until half are left (sendLow), the link closes, or
+// sendStall passes (then the count is forgotten).
 func (g *sendGate) wait(timer *time.Timer, closing <-chan struct{}) {
-	if g.inside.Load() <= sendLimit {
+	limit := g.limit.Load()
+	if g.inside.Load() <= limit {
 		return
 	}
 	g.waiting.Store(true)
@@ -74,7 +80,7 @@ func (g *sendGate) wait(timer *time.Timer, closing <-chan struct{}) {
 	}
 	timer.Reset(sendStall)
 	defer timer.Stop()
-	for g.inside.Load() > sendLow {
+	for g.inside.Load() > limit/2 {
 		select {
 		case <-g.wake:
 		case <-timer.C:
