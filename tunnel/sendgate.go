@@ -30,8 +30,9 @@ const (
 )
 
 type sendGate struct {
-	limit   atomic.Int64 // sendLimit; lower in tests
-	inside  atomic.Int64 // read from the netstack, not yet sent
+	limit   atomic.Int64  // sendLimit; lower in tests
+	stall   time.Duration // sendStall; longer in tests that must not stall
+	inside  atomic.Int64  // read from the netstack, not yet sent
 	waiting atomic.Bool
 	wake    chan struct{} // one token: sends reached sendLow while the reader waited
 
@@ -39,7 +40,7 @@ type sendGate struct {
 }
 
 func newSendGate() *sendGate {
-	g := &sendGate{wake: make(chan struct{}, 1)}
+	g := &sendGate{wake: make(chan struct{}, 1), stall: sendStall}
 	g.limit.Store(sendLimit)
 	return g
 }
@@ -66,7 +67,7 @@ func (g *sendGate) sent(n int) {
 
 // wait holds the TUN reader while more than the limit (sendLimit) are
 // inside wireguard-go, until half are left (sendLow), the link closes, or
-// sendStall passes (then the count is forgotten).
+// g.stall passes (then the count is forgotten).
 func (g *sendGate) wait(timer *time.Timer, closing <-chan struct{}) {
 	limit := g.limit.Load()
 	if g.inside.Load() <= limit {
@@ -78,7 +79,7 @@ func (g *sendGate) wait(timer *time.Timer, closing <-chan struct{}) {
 	case <-g.wake:
 	default:
 	}
-	timer.Reset(sendStall)
+	timer.Reset(g.stall)
 	defer timer.Stop()
 	for g.inside.Load() > limit/2 {
 		select {

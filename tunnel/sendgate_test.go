@@ -21,6 +21,8 @@ func TestSendGate(t *testing.T) {
 		t.Fatalf("at the limit the gate waited: %+v", s)
 	}
 
+	// The drained case must not race the 2 ms stall on a loaded machine.
+	g.stall = time.Hour
 	g.read(100)
 	done := make(chan struct{})
 	go func() {
@@ -47,6 +49,7 @@ func TestSendGate(t *testing.T) {
 		t.Fatalf("count after sending more than was read: %d, want 0", v)
 	}
 
+	g.stall = sendStall
 	g.read(sendLimit + 1)
 	g.wait(timer, never) // nothing sent: forgotten after sendStall
 	if f, v := g.forgotten.Load(), g.inside.Load(); f != 1 || v != 0 {
