@@ -47,7 +47,11 @@ type Client struct {
 	dns   []netip.Addr
 	httpc *http.Client
 
-	closeOnce sync.Once
+	// logMu is held while the device logs; logStopped, set by Close,
+	// drops the lines of wireguard-go's workers that exit after it.
+	logMu      sync.Mutex
+	logStopped bool
+	closeOnce  sync.Once
 }
 
 // New starts a client from a parsed wg-quick config. logf may be nil.
@@ -70,10 +74,18 @@ func New(cfg *peers.Config, logf func(format string, args ...any)) (*Client, err
 	if err != nil {
 		return nil, fmt.Errorf("client: create netstack: %w", err)
 	}
+	c := &Client{net: tnet, addr: local[0], dns: cfg.Interface.DNS}
 	dev := device.NewDevice(tdev, conn.NewDefaultBind(), &device.Logger{
 		Verbosef: device.DiscardLogf,
-		Errorf:   func(f string, a ...any) { logf("wireguard client: "+f, a...) },
+		Errorf: func(f string, a ...any) {
+			c.logMu.Lock()
+			defer c.logMu.Unlock()
+			if !c.logStopped {
+				logf("wireguard client: "+f, a...)
+			}
+		},
 	})
+	c.dev = dev
 	var b strings.Builder
 	fmt.Fprintf(&b, "private_key=%s\n", hex.EncodeToString(cfg.Interface.PrivateKey[:]))
 	for _, p := range cfg.Peers {
@@ -81,7 +93,7 @@ func New(cfg *peers.Config, logf func(format string, args ...any)) (*Client, err
 		if p.Endpoint != "" {
 			ep, err := resolveEndpoint(p.Endpoint)
 			if err != nil {
-				dev.Close()
+				c.closeDevice()
 				return nil, err
 			}
 			fmt.Fprintf(&b, "endpoint=%s\n", ep)
@@ -94,14 +106,13 @@ func New(cfg *peers.Config, logf func(format string, args ...any)) (*Client, err
 		}
 	}
 	if err := dev.IpcSet(b.String()); err != nil {
-		dev.Close()
+		c.closeDevice()
 		return nil, fmt.Errorf("client: configure wireguard: %w", err)
 	}
 	if err := dev.Up(); err != nil {
-		dev.Close()
+		c.closeDevice()
 		return nil, fmt.Errorf("client: start wireguard: %w", err)
 	}
-	c := &Client{dev: dev, net: tnet, addr: local[0], dns: cfg.Interface.DNS}
 	c.httpc = &http.Client{Transport: &http.Transport{
 		DialContext:       c.DialContext,
 		ForceAttemptHTTP2: false,
@@ -302,7 +313,15 @@ func (c *Client) HTTPClient() *http.Client { return c.httpc }
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		c.httpc.CloseIdleConnections()
-		c.dev.Close()
+		c.closeDevice()
 	})
 	return nil
+}
+
+// closeDevice closes the device and drops what its exiting workers log.
+func (c *Client) closeDevice() {
+	c.dev.Close()
+	c.logMu.Lock()
+	c.logStopped = true
+	c.logMu.Unlock()
 }

@@ -52,9 +52,10 @@ type Peer struct {
 
 // Tunnel is a running WireGuard device.
 type Tunnel struct {
-	dev  *device.Device
-	logf func(string, ...any)
-	port int
+	dev    *device.Device
+	devLog *rateLimiter // the device's logger, stopped by closeDevice
+	logf   func(string, ...any)
+	port   int
 
 	uapi    net.Listener
 	uapiSem chan struct{}
@@ -105,14 +106,15 @@ func newTunnel(cfg Config, wrapBind func(conn.Bind) conn.Bind) (*Tunnel, error) 
 	if wrapBind != nil {
 		bind = wrapBind(bind)
 	}
-	t.dev = device.NewDevice(&lazyTUN{Device: cfg.TUN, t: t, timer: stoppedTimer()}, lazyBind{Bind: bind, t: t}, newRateLimitedLogger(logf))
+	t.devLog = newRateLimiter(logf)
+	t.dev = device.NewDevice(&lazyTUN{Device: cfg.TUN, t: t, timer: stoppedTimer()}, lazyBind{Bind: bind, t: t}, t.devLog.logger())
 	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort)
 	err := t.dev.IpcSet(conf)
 	if err == nil {
 		err = t.dev.Up()
 	}
 	if err != nil {
-		t.dev.Close()
+		t.closeDevice()
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, fmt.Errorf("UDP port %d is already in use; stop the other program or choose another with --listen-port: %w", cfg.ListenPort, ErrPortInUse)
 		}
@@ -120,13 +122,13 @@ func newTunnel(cfg Config, wrapBind func(conn.Bind) conn.Bind) (*Tunnel, error) 
 	}
 	port, err := t.listenPort()
 	if err != nil {
-		t.dev.Close()
+		t.closeDevice()
 		return nil, err
 	}
 	t.port = port
 	if cfg.UAPIPath != "" {
 		if err := t.serveUAPI(cfg.UAPIPath); err != nil {
-			t.dev.Close()
+			t.closeDevice()
 			return nil, err
 		}
 	}
@@ -143,6 +145,14 @@ func newTunnel(cfg Config, wrapBind func(conn.Bind) conn.Bind) (*Tunnel, error) 
 	go t.sweepLoop()
 	go t.checkLoop()
 	return t, nil
+}
+
+// closeDevice closes the device and stops its logging: wireguard-go's
+// workers may still be exiting, and nothing of theirs is logged after
+// the tunnel is closed.
+func (t *Tunnel) closeDevice() {
+	t.dev.Close()
+	t.devLog.stop()
 }
 
 // Port is the UDP port the device listens on.
@@ -303,7 +313,7 @@ func (t *Tunnel) Close() error {
 			c.Close()
 		}
 		t.connMu.Unlock()
-		t.dev.Close()
+		t.closeDevice()
 		t.wg.Wait()
 	})
 	return nil

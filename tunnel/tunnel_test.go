@@ -75,8 +75,8 @@ func TestRandomPortAndIdempotentClose(t *testing.T) {
 func TestRateLimitedLogger(t *testing.T) {
 	var lines []string
 	now := time.Unix(0, 0)
-	r := &rateLimiter{logf: func(f string, a ...any) { lines = append(lines, f) }, now: func() time.Time { return now },
-		last: map[string]time.Time{}, muted: map[string]int{}}
+	r := newRateLimiter(func(f string, a ...any) { lines = append(lines, f) })
+	r.now = func() time.Time { return now }
 	logf := r.logfFor("")
 	for range 5 {
 		logf("handshake failed for %s", "peer")
@@ -86,6 +86,12 @@ func TestRateLimitedLogger(t *testing.T) {
 	logf("other %d", 1)
 	if len(lines) != 3 || !strings.Contains(lines[1], "more like it") {
 		t.Fatalf("lines = %q, want first, one with a suppressed count, other", lines)
+	}
+	r.stop()
+	now = now.Add(logInterval)
+	logf("after the device closed %d", 1)
+	if len(lines) != 3 {
+		t.Fatalf("a line was logged after stop: %q", lines[3:])
 	}
 }
 
