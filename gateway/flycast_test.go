@@ -162,7 +162,7 @@ func TestFlycastWalkthrough(t *testing.T) {
 	for _, want := range []string{`devgate_wakes_total{app="hello",result="ok"}`, "devgate_wake_seconds_bucket", "devgate_requests_total",
 		`devgate_dns_queries_total{rcode="NOERROR",type="AAAA"}`, `devgate_peer_rx_bytes_total{org="personal",peer="laptop"}`,
 		"devgate_peer_handshake_age_seconds", `devgate_netstack_refused_total{reason="cross_network"}`,
-		"devgate_wireguard_peers_loaded 1", "devgate_wireguard_peer_loads_total 1", "devgate_wireguard_initiations_replayed_total 0", `devgate_netstack_acks_held_total{outcome="carried"}`, `devgate_wireguard_receive_waits_total{outcome="drained"}`, `devgate_wireguard_send_waits_total{outcome="forgotten"}`,
+		"devgate_wireguard_peers_loaded 1", "devgate_wireguard_peer_loads_total 1", "devgate_wireguard_initiations_replayed_total 0", "devgate_wireguard_initiations_handed_back_total ", `devgate_netstack_acks_held_total{outcome="carried"}`, `devgate_wireguard_receive_waits_total{outcome="drained"}`, `devgate_wireguard_send_waits_total{outcome="forgotten"}`,
 		"devgate_http_handoffs_total 1"} { // the WebSocket upgrade
 		if !strings.Contains(string(mbody), want) {
 			t.Errorf("/metrics lacks %s", want)

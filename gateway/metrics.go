@@ -42,7 +42,8 @@ var (
 	loadedDesc    = prometheus.NewDesc("devgate_wireguard_peers_loaded", "Peers the WireGuard device holds now: those with a recent handshake; the rest wait in a compact table.", nil, nil)
 	loadsDesc     = prometheus.NewDesc("devgate_wireguard_peer_loads_total", "Peers loaded into the WireGuard device, by their handshake or by a packet to them.", nil, nil)
 	unloadsDesc   = prometheus.NewDesc("devgate_wireguard_peer_unloads_total", "Idle peers unloaded from the WireGuard device.", nil, nil)
-	replaysDesc   = prometheus.NewDesc("devgate_wireguard_initiations_replayed_total", "Handshake initiations refused for an unloaded peer because they were sealed before its last handshake: captured and replayed, or from a peer whose clock went back.", nil, nil)
+	replaysDesc   = prometheus.NewDesc("devgate_wireguard_initiations_replayed_total", "Handshake initiations refused because they were sealed before the peer's last handshake ahead of an unload: captured and replayed, or from a peer whose clock went back.", nil, nil)
+	handedDesc    = prometheus.NewDesc("devgate_wireguard_initiations_handed_back_total", "Handshake initiations from an address no loaded peer was known at, withheld from WireGuard until their sender was proven, then handed to it.", nil, nil)
 	sendGateDesc  = prometheus.NewDesc("devgate_wireguard_send_waits_total", "Times the send gate held WireGuard's reading of the netstack's packets while too many waited to be sealed and sent, by how the wait ended: drained (sending caught up) or forgotten (not drained within 2 ms: WireGuard holds packets for a peer still handshaking and drops some, so the count starts again).", []string{"outcome"}, nil)
 	gateDesc      = prometheus.NewDesc("devgate_wireguard_receive_waits_total", "Times the receive gate held WireGuard's receive loop while too many datagrams waited for the netstack, by how the wait ended: drained (the netstack caught up) or written_off (a session saw none of its datagrams written for 2 ms, so WireGuard had dropped them; that session is no longer gated).", []string{"outcome"}, nil)
 )
@@ -50,7 +51,7 @@ var (
 type dataPlaneCollector struct{ g *Gateway }
 
 func (c dataPlaneCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{refusedDesc, acceptedDesc, ackHeldDesc, handshakeDesc, rxDesc, txDesc, loadedDesc, loadsDesc, unloadsDesc, replaysDesc, gateDesc, sendGateDesc} {
+	for _, d := range []*prometheus.Desc{refusedDesc, acceptedDesc, ackHeldDesc, handshakeDesc, rxDesc, txDesc, loadedDesc, loadsDesc, unloadsDesc, replaysDesc, handedDesc, gateDesc, sendGateDesc} {
 		ch <- d
 	}
 }
@@ -72,6 +73,7 @@ func (c dataPlaneCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(loadsDesc, prometheus.CounterValue, float64(ls.Loads))
 	ch <- prometheus.MustNewConstMetric(unloadsDesc, prometheus.CounterValue, float64(ls.Unloads))
 	ch <- prometheus.MustNewConstMetric(replaysDesc, prometheus.CounterValue, float64(ls.Replays))
+	ch <- prometheus.MustNewConstMetric(handedDesc, prometheus.CounterValue, float64(ls.HandedBack))
 	gs := c.g.tun.ReceiveGate()
 	ch <- prometheus.MustNewConstMetric(gateDesc, prometheus.CounterValue, float64(gs.Drained), "drained")
 	ch <- prometheus.MustNewConstMetric(gateDesc, prometheus.CounterValue, float64(gs.WrittenOff), "written_off")

@@ -593,7 +593,9 @@ func TestLazyPeers(t *testing.T) {
 	priv, laptop := gw.addLaptop(t, 1, "127.0.0.1:"+strconv.Itoa(gw.tun.Port()))
 	wantLoads := func(loaded int, loads, unloads uint64) {
 		t.Helper()
-		if ls := gw.tun.Loads(); ls != (tunnel.LoadStats{Configured: 1001, Loaded: loaded, Loads: loads, Unloads: unloads}) {
+		ls := gw.tun.Loads()
+		ls.HandedBack = 0 // see TestInitiationsWithheldUntilChecked
+		if ls != (tunnel.LoadStats{Configured: 1001, Loaded: loaded, Loads: loads, Unloads: unloads}) {
 			t.Fatalf("Loads() = %+v, want 1001 configured, %d loaded, %d loads, %d unloads", ls, loaded, loads, unloads)
 		}
 	}
@@ -716,8 +718,11 @@ func (d *holdTUN) Write(bufs [][]byte, offset int) (int, error) {
 }
 
 // waitFor polls cond every millisecond for up to 10 s.
-func waitFor(cond func() bool) bool {
-	deadline := time.Now().Add(10 * time.Second)
+func waitFor(cond func() bool) bool { return waitWithin(10*time.Second, cond) }
+
+// waitWithin is waitFor with its bound.
+func waitWithin(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
 			return false
@@ -912,6 +917,7 @@ func TestReceiveGateForgedAtLiveIndex(t *testing.T) {
 type recordingRelay struct {
 	down, up *net.UDPConn
 	client   atomic.Pointer[net.UDPAddr] // the last client heard from
+	copies   atomic.Int32                // extra copies of each initiation sent on
 	mu       sync.Mutex
 	inits    [][]byte
 }
@@ -943,6 +949,9 @@ func newRecordingRelay(t *testing.T, gw *gateway) *recordingRelay {
 				r.mu.Lock()
 				r.inits = append(r.inits, bytes.Clone(buf[:n]))
 				r.mu.Unlock()
+				for range r.copies.Load() {
+					up.Write(buf[:n])
+				}
 			}
 			up.Write(buf[:n])
 		}
@@ -1034,11 +1043,11 @@ func TestReplayedInitiationsAfterUnload(t *testing.T) {
 	if !waitFor(func() bool { return gw.tun.Loads().Replays == uint64(len(captured)) }) {
 		t.Fatalf("after %d replayed initiations: %+v", len(captured), gw.tun.Loads())
 	}
-	if ls := gw.tun.Loads(); ls.Loaded != 0 || ls.Loads != 1 {
-		t.Fatalf("a replay loaded the peer: %+v", ls)
-	}
+	// The peer may be loaded again meanwhile, by the gateway's
+	// retransmission to a laptop that closed before acknowledging; that
+	// load keeps the relay's endpoint, where a replay's would move it.
 	if ep := endpointOf(); ep != relayed {
-		t.Fatalf("peer endpoint moved to %v by a replay", ep)
+		t.Fatalf("peer endpoint moved to %v by a replay: %+v", ep, gw.tun.Loads())
 	}
 
 	// wireguard-go seals times in steps of 2^24 ns (16.8 ms): an
@@ -1047,8 +1056,40 @@ func TestReplayedInitiationsAfterUnload(t *testing.T) {
 	time.Sleep(2 * device.HandshakeInitationRate)
 	c := laptop()
 	roundTrip(t, dialService(t, c, 80), "after the replays")
-	if ls := gw.tun.Loads(); ls.Loads != 2 || ls.Replays != uint64(len(captured)) {
-		t.Fatalf("the laptop's own initiation: %+v, want a second load", ls)
+	if ls := gw.tun.Loads(); ls.Loaded != 1 || ls.Replays != uint64(len(captured)) {
+		t.Fatalf("the laptop's own initiation: %+v, want the peer loaded, no more replays", ls)
+	}
+}
+
+// TestInitiationsWithheldUntilChecked sends every initiation of a laptop
+// to the gateway three times, as a network may duplicate it, through real
+// wireguard-go on both ends. From an endpoint no checked initiation came
+// from, wireguard-go gets each initiation once, from the checker, and
+// answers it once: before, it could take the original after the checker
+// had loaded the peer and then the checker's copy too, and two answers to
+// one initiation left the laptop and the gateway with different sessions
+// for 15 s. Once the endpoint is known, a restarted laptop's initiation
+// goes to wireguard-go at once.
+func TestInitiationsWithheldUntilChecked(t *testing.T) {
+	checkGoroutines(t)
+	gw := newGateway(t, netstack.Config{}, "")
+	relay := newRecordingRelay(t, gw)
+	relay.copies.Store(2)
+	_, laptop := gw.addLaptop(t, 1, relay.down.LocalAddr().String())
+	a := laptop()
+	roundTrip(t, dialService(t, a, 80), "first connection")
+	a.Close()
+	sent := len(relay.initiations())
+	// Each answer names a session the receive gate records.
+	if hb, answers := gw.tun.Loads().HandedBack, len(gw.tun.GateSessions()); hb != uint64(sent) || answers != sent {
+		t.Fatalf("%d initiations sent three times each: %d handed back, %d answered; want %d and %d", sent, hb, answers, sent, sent)
+	}
+
+	time.Sleep(2 * device.HandshakeInitationRate) // see TestReplayedInitiationsAfterUnload
+	b := laptop()
+	roundTrip(t, dialService(t, b, 80), "after a restart")
+	if hb := gw.tun.Loads().HandedBack; hb != uint64(sent) {
+		t.Fatalf("a known endpoint's initiation was withheld: %d handed back, want %d", hb, sent)
 	}
 }
 
@@ -1124,7 +1165,9 @@ func TestSendGateHeldSocket(t *testing.T) {
 			result <- nil
 		}()
 	}
-	if !waitFor(func() bool { // the windows open
+	// Three 16 MiB downloads under -race beside other packages' tests
+	// took more than 10 s to reach 4 MiB each once.
+	if !waitWithin(time.Minute, func() bool { // the windows open
 		for f := range flows {
 			if got[f].Load() < 4<<20 {
 				return false

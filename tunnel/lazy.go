@@ -27,16 +27,26 @@ import (
 // wireguard-go only the peers in use:
 //
 //   - A handshake initiation from a peer that is not loaded loads it. The
-//     receive path passes every initiation on to wireguard-go at once, and
-//     queues a copy of those with a valid MAC1 for a checker goroutine,
-//     which does the first half of the responder's Noise IK work to learn
-//     the initiator's static key and proves the sender holds that key's
-//     private half by opening the sealed timestamp. If that peer is
-//     configured but not loaded (so wireguard-go dropped the original), the
-//     checker loads it and hands the copy back to the receive path, which
-//     gives it to wireguard-go as if it had just arrived; wireguard-go then
-//     answers it as usual. The receive path never waits on a Diffie-Hellman
-//     or on wireguard-go's configuration lock.
+//     receive path queues a copy of every initiation with a valid MAC1 for
+//     a checker goroutine, which does the first half of the responder's
+//     Noise IK work to learn the initiator's static key and proves the
+//     sender holds that key's private half by opening the sealed
+//     timestamp. If that peer is configured but not loaded, the checker
+//     loads it. The receive path never waits on a Diffie-Hellman or on
+//     wireguard-go's configuration lock.
+//   - Which initiations wireguard-go gets at once: those from an endpoint
+//     a loaded peer's checked initiation came from (see senders), so a
+//     loaded peer's rekeying does not wait for the checker, and those the
+//     checker has no room for (see initiationChecks). Every other one is
+//     withheld, and the checker hands it back to the receive path, which
+//     gives it to wireguard-go as if it had just arrived, unless it is a
+//     replay (replay.go) or a copy of one already handed back. Handing
+//     back a copy while wireguard-go also had the original made one
+//     initiation arrive twice whenever wireguard-go took the original
+//     after the checker's load; two handshake workers then answered it
+//     together, and wireguard-go kept the session of one answer while the
+//     laptop took the other, so nothing passed until the laptop gave up on
+//     its session 15 s later (seen under load in tests).
 //   - A packet the netstack sends to a peer that is not loaded (a reply on
 //     a connection that outlived the session) loads it with its last
 //     endpoint, so wireguard-go can start a handshake when TCP retransmits.
@@ -59,7 +69,9 @@ const (
 	// anyone who knows the gateway's public key costs the checker at most
 	// 6 % of a core. 200 a second is the rekeying of 24,000 active peers.
 	// Initiations over the limit, or beyond checkQueue waiting, are not
-	// checked: loaded peers are unaffected, and a peer that is not loaded
+	// checked and not withheld: wireguard-go has them alone, as if the
+	// tunnel were not there (so under a flood it answers with cookies as
+	// usual), and drops those from peers that are not loaded; such a peer
 	// retries (every 5 s, as WireGuard clients do).
 	initiationChecks = 200
 	initiationBurst  = 50
@@ -73,6 +85,9 @@ const (
 type heldInitiation struct {
 	msg [device.MessageInitiationSize]byte
 	ep  conn.Endpoint
+	// withheld: wireguard-go did not get the original, so only the
+	// checker can hand it on.
+	withheld bool
 }
 
 // lazyPeer is one configured peer. key is fixed; allowed and saved are
@@ -94,8 +109,12 @@ type lazyPeer struct {
 	// sealed is the latest time sealed in an initiation from the peer
 	// that the checker opened (the peer's clock) and sealedAt ours when
 	// it did; floor is the peer's time at or before which initiations
-	// are refused as replays (replay.go).
-	sealed, sealedAt, floor time.Time
+	// are refused as replays (replay.go); handedBack is the sealed time
+	// of the last withheld initiation handed back to wireguard-go.
+	sealed, sealedAt, floor, handedBack time.Time
+	// from is the endpoint this peer's entry in senders has, guarded by
+	// senders.mu.
+	from netip.AddrPort
 }
 
 // peerTable is an immutable snapshot of the configured peers, swapped
@@ -230,12 +249,10 @@ func (t *Tunnel) checkLoop() {
 		case <-t.closing:
 			return
 		case h := <-t.checks:
-			if !t.responder.limit.Allow() {
-				continue
-			}
-			if t.admit(h.msg[:]) && h.ep != nil {
+			if t.check(&h) && h.ep != nil {
 				select {
 				case t.inject <- h:
+					t.handedBack.Add(1)
 					t.wakeReceive()
 				default:
 				}
@@ -244,44 +261,63 @@ func (t *Tunnel) checkLoop() {
 	}
 }
 
-// admit loads the sender of an initiation (which has passed MAC1) if it is
-// a configured peer that is not loaded, proves it holds its key, and sealed
-// it after the peer's replay floor. It reports whether it loaded one.
-func (t *Tunnel) admit(msg []byte) bool {
+// check decides what becomes of an initiation the receive path queued: it
+// reports whether to hand it back to wireguard-go. Only a withheld one is
+// handed back, and only if admit passes it and no copy of it (or of a
+// later one from the same peer) was handed back before; an initiation
+// from a sender that is not a configured peer (none, or one set by hand
+// through the UAPI socket) is left to wireguard-go. A configured peer's
+// endpoint becomes a known sender.
+func (t *Tunnel) check(h *heldInitiation) bool {
+	e, sealed, ok := t.admit(h.msg[:])
+	switch {
+	case !ok:
+		return false
+	case e == nil:
+		return h.withheld
+	case !h.withheld:
+		return false
+	}
+	t.senders.set(h.ep, e)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !sealed.After(e.handedBack) {
+		return false // a copy: wireguard-go has it, or has a later one
+	}
+	e.handedBack = sealed
+	return true
+}
+
+// admit identifies the sender of an initiation (which has passed MAC1).
+// If it is a configured peer, admit proves the sender holds its key,
+// refuses the initiation if it was sealed at or before the peer's replay
+// floor, and loads the peer if it is not loaded. It returns that peer (nil
+// for any other sender) and the sealed time; ok is false if the
+// initiation is refused.
+func (t *Tunnel) admit(msg []byte) (e *lazyPeer, sealed time.Time, ok bool) {
 	r := t.responder
 	if !r.wants(msg) {
-		return false
+		return nil, sealed, false
 	}
 	pk, hash, chainKey, ok := r.initiator(msg)
 	if !ok {
-		return false
+		return nil, sealed, false
 	}
-	e := t.table.Load().byKey[pk]
-	if e == nil {
-		return false
+	if e = t.table.Load().byKey[pk]; e == nil {
+		return nil, sealed, true
 	}
-	sealed, ok := r.sealedTime(msg, pk, hash, chainKey)
-	if !ok {
-		return false
-	}
-	if e.loaded.Load() {
-		// wireguard-go has the original and checks it against its own
-		// record; its time still goes into the floor the next unload
-		// sets, in case its handshake never completes.
-		t.mu.Lock()
-		e.noteSealedLocked(sealed, time.Now())
-		t.mu.Unlock()
-		return false
+	if sealed, ok = r.sealedTime(msg, pk, hash, chainKey); !ok {
+		return nil, sealed, false
 	}
 	switch err := t.load(e, sealed); {
 	case errors.Is(err, errReplayed):
 		t.replays.Add(1) // counted, not logged: anyone who captured one can send it
-		return false
+		return e, sealed, false
 	case err != nil:
 		t.logf("wireguard: load peer %s: %v", e.key, err)
-		return false
+		return e, sealed, false
 	}
-	return true
+	return e, sealed, true
 }
 
 // wakeReceive sends the gateway's own UDP port a datagram too short to be
@@ -294,18 +330,28 @@ func (t *Tunnel) wakeReceive() {
 }
 
 // load gives e to the device. An initiation loads a peer with the time it
-// was sealed at, which must be after the peer's replay floor, and sets the
-// endpoint itself; an outbound packet loads it with the zero time, and
-// the peer's last known endpoint for wireguard-go's handshake.
+// was sealed at, which must be after the peer's replay floor (also when
+// the peer is loaded already), and sets the endpoint itself; an outbound
+// packet loads it with the zero time, and the peer's last known endpoint
+// for wireguard-go's handshake.
 func (t *Tunnel) load(e *lazyPeer, sealed time.Time) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.table.Load().byKey[e.key] != e || e.loaded.Load() {
-		return nil // removed or replaced meanwhile, or already loaded
+	if t.table.Load().byKey[e.key] != e {
+		return nil // removed or replaced meanwhile
 	}
 	byInitiation := !sealed.IsZero()
-	if byInitiation && !sealed.After(e.floor) {
-		return errReplayed
+	if byInitiation {
+		if !sealed.After(e.floor) {
+			return errReplayed
+		}
+		// Its time goes into the floor the next unload sets, also when
+		// the peer is loaded already, in case its handshake never
+		// completes.
+		e.noteSealedLocked(sealed, time.Now())
+	}
+	if e.loaded.Load() {
+		return nil
 	}
 	b := appendPeerLines(nil, e.key, e.allowed)
 	if !byInitiation && e.saved.Endpoint.IsValid() {
@@ -314,11 +360,7 @@ func (t *Tunnel) load(e *lazyPeer, sealed time.Time) error {
 	if err := t.dev.IpcSetOperation(bytes.NewReader(b)); err != nil {
 		return err
 	}
-	now := time.Now()
-	if byInitiation {
-		e.noteSealedLocked(sealed, now)
-	}
-	t.markLoadedLocked(e, now)
+	t.markLoadedLocked(e, time.Now())
 	return nil
 }
 
@@ -338,6 +380,7 @@ func (t *Tunnel) markUnloadedLocked(e *lazyPeer, live PeerStats) {
 	e.raiseFloorLocked(e.saved.LastHandshake, time.Now())
 	e.reachable.Store(e.saved.Endpoint.IsValid())
 	e.loaded.Store(false)
+	t.senders.forget(e)
 	t.unloads.Add(1)
 }
 
@@ -434,8 +477,9 @@ func mergeStats(saved, live PeerStats) PeerStats {
 	return saved
 }
 
-// lazyBind queues received initiations for the checker and returns the
-// ones it hands back with the packets of a later read.
+// lazyBind queues received initiations for the checker, withholds those
+// not from a known sender, and returns the ones the checker hands back
+// with the packets of a later read.
 type lazyBind struct {
 	conn.Bind
 	t *Tunnel
@@ -459,13 +503,18 @@ func (b lazyBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 			}
 			t.inflight.countReceived(bufs, sizes, n)
 			for j := range n {
-				if msg := bufs[j][:sizes[j]]; t.responder.wants(msg) {
-					h := heldInitiation{ep: eps[j]}
-					copy(h.msg[:], msg)
-					select {
-					case t.checks <- h:
-					default: // the checker is behind: see initiationChecks
+				msg := bufs[j][:sizes[j]]
+				if !t.responder.wants(msg) || !t.responder.limit.Allow() {
+					continue // over the rate: wireguard-go alone has it
+				}
+				h := heldInitiation{ep: eps[j], withheld: !t.senders.loaded(eps[j])}
+				copy(h.msg[:], msg)
+				select {
+				case t.checks <- h:
+					if h.withheld {
+						sizes[j] = 0 // wireguard-go skips it
 					}
+				default: // the checker is behind: wireguard-go alone has it
 				}
 			}
 			return t.takeInjected(bufs, sizes, eps, n), nil

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/crypto/curve25519"
 	"golang.org/x/time/rate"
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -168,12 +169,12 @@ func TestAdmitRefusesReplays(t *testing.T) {
 	gw := gwKey.PublicKey()
 	sealed := time.Now().Add(-time.Hour) // the peer's clock is an hour behind
 	first := initiationAt(t, gw, peer.PublicKey(), &peer, sealed)
-	if !tn.admit(first) {
-		t.Fatal("the peer's first initiation did not load it")
+	if _, _, ok := tn.admit(first); !ok || tn.Loads().Loads != 1 {
+		t.Fatalf("the peer's first initiation did not load it: %+v", tn.Loads())
 	}
 	later := initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(3*time.Minute))
-	if tn.admit(later) {
-		t.Fatal("an initiation from a loaded peer loaded it again")
+	if _, _, ok := tn.admit(later); !ok || tn.Loads().Loads != 1 {
+		t.Fatalf("an initiation from the loaded peer: ok %v, %+v; want passed, no second load", ok, tn.Loads())
 	}
 	if err := tn.sweep(time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
@@ -187,15 +188,79 @@ func TestAdmitRefusesReplays(t *testing.T) {
 		{"one sealed a minute earlier", initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(-time.Minute))},
 		{"one sealed between the two", initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(time.Minute))},
 	} {
-		if tn.admit(c.msg) {
-			t.Errorf("%s loaded the unloaded peer", c.name)
+		if _, _, ok := tn.admit(c.msg); ok {
+			t.Errorf("%s passed", c.name)
 		}
 	}
 	if ls := tn.Loads(); ls.Loaded != 0 || ls.Loads != 1 || ls.Unloads != 1 || ls.Replays != 4 {
 		t.Fatalf("Loads() = %+v, want 1 load, 1 unload, 4 replays refused", ls)
 	}
-	if !tn.admit(initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(3*time.Minute+2*time.Second))) {
-		t.Fatal("a newer initiation did not load the peer")
+	if _, _, ok := tn.admit(initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(3*time.Minute+2*time.Second))); !ok || tn.Loads().Loads != 2 {
+		t.Fatalf("a newer initiation did not load the peer: %+v", tn.Loads())
+	}
+}
+
+// TestCheckHandsBackOnce runs the checker's decisions (check) on a real
+// device: a withheld initiation is handed back to wireguard-go once, never
+// a copy of it or an older one; one wireguard-go already had is not; its
+// sender's endpoint becomes known. A peer loaded by an outbound packet
+// (no initiation yet) is held to its replay floor all the same.
+func TestCheckHandsBackOnce(t *testing.T) {
+	tn, gwKey, peer := lazyTunnel(t)
+	gw := gwKey.PublicKey()
+	e := tn.table.Load().byKey[peer.PublicKey()]
+	laptop := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("127.0.0.1:40000")}
+	replayer := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("127.0.0.1:40001")}
+	held := func(msg []byte, ep conn.Endpoint, withheld bool) *heldInitiation {
+		h := &heldInitiation{ep: ep, withheld: withheld}
+		copy(h.msg[:], msg)
+		return h
+	}
+	sealed := time.Now().Add(-time.Minute)
+	first := initiationAt(t, gw, peer.PublicKey(), &peer, sealed)
+	if tn.senders.loaded(laptop) {
+		t.Fatal("an endpoint is known before any initiation")
+	}
+	if !tn.check(held(first, laptop, true)) {
+		t.Fatal("the first initiation, withheld, was not handed back")
+	}
+	if !tn.senders.loaded(laptop) || tn.senders.loaded(replayer) {
+		t.Fatal("the loaded peer's endpoint is not the only known one")
+	}
+	if tn.check(held(first, replayer, true)) {
+		t.Fatal("a copy of a handed-back initiation was handed back again")
+	}
+	if tn.check(held(initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(-time.Second)), laptop, true)) {
+		t.Fatal("an initiation older than one handed back was handed back")
+	}
+	second := initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(10*time.Second))
+	if tn.check(held(second, laptop, false)) {
+		t.Fatal("an initiation wireguard-go already had was handed back")
+	}
+	stranger := newKey(t)
+	if !tn.check(held(initiation(t, gw, stranger.PublicKey(), &stranger), laptop, true)) {
+		t.Fatal("a withheld initiation from a peer not configured here (one set by hand?) was not left to wireguard-go")
+	}
+
+	if err := tn.sweep(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if tn.senders.loaded(laptop) {
+		t.Fatal("the endpoint is still known after the unload")
+	}
+	if err := tn.load(e, time.Time{}); err != nil { // as an outbound packet loads it
+		t.Fatal(err)
+	}
+	for _, msg := range [][]byte{first, second} {
+		if tn.check(held(msg, replayer, true)) {
+			t.Fatal("a replay to a peer loaded by an outbound packet was handed back")
+		}
+	}
+	if ls := tn.Loads(); ls.Replays != 2 || ls.Loads != 2 {
+		t.Fatalf("Loads() = %+v, want two replays refused, two loads", ls)
+	}
+	if !tn.check(held(initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(20*time.Second)), laptop, true)) {
+		t.Fatal("the peer's next initiation was not handed back")
 	}
 }
 

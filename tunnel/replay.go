@@ -27,10 +27,14 @@ import (
 // the unload (an idle unload comes unloadAfter after the last handshake),
 // is above. admit refuses an initiation at or below the floor.
 //
-// What it does not cover: a peer loaded by an outbound packet (wake) or
-// set by hand through the UAPI socket is loaded before any initiation is
-// checked, so until its first initiation of that load wireguard-go's own
-// check starts from zero, as after a restart.
+// The floor holds for loaded peers too: a peer loaded by an outbound
+// packet (wake) or set by hand through the UAPI socket has no entry in
+// senders, so its initiations are withheld and checked until one is
+// handed back, and wireguard-go's own record starts from that one. What
+// it does not cover: for such a peer, a replay that reaches wireguard-go
+// unchecked before an initiation of that load has: one the checker had no
+// room for (initiationChecks), or one whose source address is spoofed as
+// a known sender's endpoint.
 const (
 	// replayMargin covers the error of the estimate: the admitting
 	// initiation's time in the checker's queue (at most checkQueue over

@@ -75,9 +75,12 @@ type Tunnel struct {
 	loads     atomic.Uint64
 	unloads   atomic.Uint64
 	replays   atomic.Uint64 // initiations refused by a replay floor
-	closing   chan struct{} // closed by Close, before the device
-	inflight  *inflight     // the receive gate, see inflight.go
-	sendGate  *sendGate     // see sendgate.go
+	senders   senders       // endpoints whose initiations wireguard-go gets at once
+	// handedBack counts withheld initiations handed back to wireguard-go.
+	handedBack atomic.Uint64
+	closing    chan struct{} // closed by Close, before the device
+	inflight   *inflight     // the receive gate, see inflight.go
+	sendGate   *sendGate     // see sendgate.go
 
 	closeOnce sync.Once
 }
@@ -207,7 +210,11 @@ func (t *Tunnel) SetPeers(ps []Peer) error {
 	}
 	var removed []*lazyPeer
 	for k, e := range old.byKey {
-		if _, ok := next.byKey[k]; !ok && e.loaded.Load() {
+		if _, ok := next.byKey[k]; ok {
+			continue
+		}
+		t.senders.forget(e)
+		if e.loaded.Load() {
 			b = appendKeyLine(b, k)
 			b = append(b, "remove=true\n"...)
 			removed = append(removed, e)
@@ -273,12 +280,16 @@ func (t *Tunnel) mergedStatsLocked(live []PeerStats) []PeerStats {
 type LoadStats struct {
 	Configured, Loaded      int
 	Loads, Unloads, Replays uint64
+	// HandedBack counts withheld initiations the checker handed to
+	// wireguard-go (lazy.go).
+	HandedBack uint64
 }
 
 // Loads reports how lazy loading stands.
 func (t *Tunnel) Loads() LoadStats {
 	tab := t.table.Load()
-	ls := LoadStats{Configured: len(tab.byKey), Loads: t.loads.Load(), Unloads: t.unloads.Load(), Replays: t.replays.Load()}
+	ls := LoadStats{Configured: len(tab.byKey), Loads: t.loads.Load(), Unloads: t.unloads.Load(), Replays: t.replays.Load(),
+		HandedBack: t.handedBack.Load()}
 	for _, e := range tab.byKey {
 		if e.loaded.Load() {
 			ls.Loaded++
