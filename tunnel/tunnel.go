@@ -116,10 +116,11 @@ func newTunnel(cfg Config, wrapBind func(conn.Bind) conn.Bind) (*Tunnel, error) 
 	if err == nil {
 		err = t.dev.Up()
 	}
+	inUse := fmt.Errorf("UDP port %d is already in use; stop the other program or choose another with --listen-port: %w", cfg.ListenPort, ErrPortInUse)
 	if err != nil {
 		t.closeDevice()
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return nil, fmt.Errorf("UDP port %d is already in use; stop the other program or choose another with --listen-port: %w", cfg.ListenPort, ErrPortInUse)
+			return nil, inUse
 		}
 		return nil, fmt.Errorf("start wireguard on UDP port %d: %w", cfg.ListenPort, err)
 	}
@@ -127,6 +128,14 @@ func newTunnel(cfg Config, wrapBind func(conn.Bind) conn.Bind) (*Tunnel, error) 
 	if err != nil {
 		t.closeDevice()
 		return nil, err
+	}
+	if cfg.ListenPort != 0 && port != cfg.ListenPort {
+		// The netstack's link reports itself up at once, and wireguard-go
+		// brings the device up on that event too: when that bind fails
+		// between our setting the port and rebinding, wireguard-go forgets
+		// the port and our Up binds a random one, with no error.
+		t.closeDevice()
+		return nil, inUse
 	}
 	t.port = port
 	if cfg.UAPIPath != "" {
