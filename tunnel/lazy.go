@@ -46,7 +46,9 @@ import (
 //     after the checker's load; two handshake workers then answered it
 //     together, and wireguard-go kept the session of one answer while the
 //     laptop took the other, so nothing passed until the laptop gave up on
-//     its session 15 s later (seen under load in tests).
+//     its session 15 s later (seen under load in tests). A duplicate the
+//     network delivers from a known sender still reaches wireguard-go
+//     twice, as it would without the tunnel.
 //   - A packet the netstack sends to a peer that is not loaded (a reply on
 //     a connection that outlived the session) loads it with its last
 //     endpoint, so wireguard-go can start a handshake when TCP retransmits.
