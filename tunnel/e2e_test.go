@@ -926,7 +926,8 @@ func TestReceiveGateForgedAtLiveIndex(t *testing.T) {
 type recordingRelay struct {
 	down, up *net.UDPConn
 	client   atomic.Pointer[net.UDPAddr] // the last client heard from
-	copies   atomic.Int32                // extra copies of each initiation sent on
+	copies   atomic.Int32                // extra copies of each initiation, sent on from dup
+	dup      *net.UDPConn                // another address at the gateway's port
 	mu       sync.Mutex
 	inits    [][]byte
 }
@@ -942,7 +943,13 @@ func newRecordingRelay(t *testing.T, gw *gateway) *recordingRelay {
 		down.Close()
 		t.Fatal(err)
 	}
-	r := &recordingRelay{down: down, up: up}
+	dup, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: gw.tun.Port()})
+	if err != nil {
+		down.Close()
+		up.Close()
+		t.Fatal(err)
+	}
+	r := &recordingRelay{down: down, up: up, dup: dup}
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { // clients to the gateway
@@ -954,15 +961,18 @@ func newRecordingRelay(t *testing.T, gw *gateway) *recordingRelay {
 				return
 			}
 			r.client.Store(from)
+			up.Write(buf[:n])
 			if n == device.MessageInitiationSize && binary.LittleEndian.Uint32(buf) == device.MessageInitiationType {
 				r.mu.Lock()
 				r.inits = append(r.inits, bytes.Clone(buf[:n]))
 				r.mu.Unlock()
+				// After the original: a copy checked first would be
+				// answered at its own address, as it would be by
+				// wireguard-go without the tunnel.
 				for range r.copies.Load() {
-					up.Write(buf[:n])
+					r.dup.Write(buf[:n])
 				}
 			}
-			up.Write(buf[:n])
 		}
 	}()
 	go func() { // the gateway to the last client
@@ -981,6 +991,7 @@ func newRecordingRelay(t *testing.T, gw *gateway) *recordingRelay {
 	t.Cleanup(func() {
 		down.Close()
 		up.Close()
+		dup.Close()
 		wg.Wait()
 	})
 	return r
@@ -1071,14 +1082,14 @@ func TestReplayedInitiationsAfterUnload(t *testing.T) {
 }
 
 // TestInitiationsWithheldUntilChecked sends every initiation of a laptop
-// to the gateway three times, as a network may duplicate it, through real
-// wireguard-go on both ends. From an endpoint no checked initiation came
-// from, wireguard-go gets each initiation once, from the checker, and
+// to the gateway three times, twice more from another address (never a
+// known sender, so always withheld), through real wireguard-go on both
+// ends. wireguard-go gets each initiation once, from the checker, and
 // answers it once: before, it could take the original after the checker
 // had loaded the peer and then the checker's copy too, and two answers to
 // one initiation left the laptop and the gateway with different sessions
-// for 15 s. Once the endpoint is known, a restarted laptop's initiation
-// goes to wireguard-go at once.
+// for 15 s. Once the relay's address is known, a restarted laptop's
+// initiation goes to wireguard-go at once.
 func TestInitiationsWithheldUntilChecked(t *testing.T) {
 	checkGoroutines(t)
 	gw := newGateway(t, netstack.Config{}, "")

@@ -112,7 +112,8 @@ type lazyPeer struct {
 	// that the checker opened (the peer's clock) and sealedAt ours when
 	// it did; floor is the peer's time at or before which initiations
 	// are refused as replays (replay.go); handedBack is the sealed time
-	// of the last withheld initiation handed back to wireguard-go.
+	// of the latest checked initiation wireguard-go was given, handed
+	// back or at once.
 	sealed, sealedAt, floor, handedBack time.Time
 	// from is the endpoint this peer's entry in senders has, guarded by
 	// senders.mu.
@@ -251,13 +252,19 @@ func (t *Tunnel) checkLoop() {
 		case <-t.closing:
 			return
 		case h := <-t.checks:
-			if t.check(&h) && h.ep != nil {
-				select {
-				case t.inject <- h:
-					t.handedBack.Add(1)
-					t.wakeReceive()
-				default:
-				}
+			if !t.check(&h) || h.ep == nil {
+				continue
+			}
+			// It is marked handed back, so it must not be dropped here: a
+			// full queue waits for the receive routines the wakes of those
+			// before it have woken. Meanwhile checks fills, and what the
+			// receive path cannot queue goes to wireguard-go directly.
+			select {
+			case t.inject <- h:
+				t.handedBack.Add(1)
+				t.wakeReceive()
+			case <-t.closing:
+				return
 			}
 		}
 	}
@@ -265,8 +272,8 @@ func (t *Tunnel) checkLoop() {
 
 // check decides what becomes of an initiation the receive path queued: it
 // reports whether to hand it back to wireguard-go. Only a withheld one is
-// handed back, and only if admit passes it and no copy of it (or of a
-// later one from the same peer) was handed back before; an initiation
+// handed back, and only if admit passes it and wireguard-go was given no
+// copy of it (or of a later one from the same peer) before; an initiation
 // from a sender that is not a configured peer (none, or one set by hand
 // through the UAPI socket) is left to wireguard-go. A configured peer's
 // endpoint becomes a known sender.
@@ -277,16 +284,21 @@ func (t *Tunnel) check(h *heldInitiation) bool {
 		return false
 	case e == nil:
 		return h.withheld
-	case !h.withheld:
-		return false
 	}
-	t.senders.set(h.ep, e)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !sealed.After(e.handedBack) {
 		return false // a copy: wireguard-go has it, or has a later one
 	}
 	e.handedBack = sealed
+	if !h.withheld {
+		return false // wireguard-go has it; a copy from elsewhere is refused above
+	}
+	// Only now, so that a refused copy from elsewhere cannot take the
+	// peer's entry; and not for a peer removed or unloaded meanwhile.
+	if e.loaded.Load() && t.table.Load().byKey[e.key] == e {
+		t.senders.set(h.ep, e)
+	}
 	return true
 }
 
@@ -449,6 +461,9 @@ func (t *Tunnel) sweep(now time.Time) error {
 		if now.Sub(last) < unloadAfter {
 			continue
 		}
+		// Its initiations are withheld from now on: one sent straight to
+		// wireguard-go during the removal would be dropped unchecked.
+		t.senders.forget(e)
 		b = appendKeyLine(b, e.key)
 		b = append(b, "remove=true\n"...)
 		gone = append(gone, unload{e, s})
@@ -506,8 +521,8 @@ func (b lazyBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 			t.inflight.countReceived(bufs, sizes, n)
 			for j := range n {
 				msg := bufs[j][:sizes[j]]
-				if !t.responder.wants(msg) || !t.responder.limit.Allow() {
-					continue // over the rate: wireguard-go alone has it
+				if !t.responder.wants(msg) || len(t.checks) == cap(t.checks) || !t.responder.limit.Allow() {
+					continue // no room or over the rate: wireguard-go alone has it
 				}
 				h := heldInitiation{ep: eps[j], withheld: !t.senders.loaded(eps[j])}
 				copy(h.msg[:], msg)

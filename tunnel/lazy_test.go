@@ -230,6 +230,9 @@ func TestCheckHandsBackOnce(t *testing.T) {
 	if tn.check(held(first, replayer, true)) {
 		t.Fatal("a copy of a handed-back initiation was handed back again")
 	}
+	if !tn.senders.loaded(laptop) || tn.senders.loaded(replayer) {
+		t.Fatal("a refused copy from elsewhere took the peer's known endpoint")
+	}
 	if tn.check(held(initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(-time.Second)), laptop, true)) {
 		t.Fatal("an initiation older than one handed back was handed back")
 	}
