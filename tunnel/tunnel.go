@@ -116,11 +116,13 @@ func newTunnel(cfg Config, wrapBind func(conn.Bind) conn.Bind) (*Tunnel, error) 
 	if err == nil {
 		err = t.dev.Up()
 	}
-	inUse := fmt.Errorf("UDP port %d is already in use; stop the other program or choose another with --listen-port: %w", cfg.ListenPort, ErrPortInUse)
+	inUse := func() error {
+		return fmt.Errorf("UDP port %d is already in use; stop the other program or choose another with --listen-port: %w", cfg.ListenPort, ErrPortInUse)
+	}
 	if err != nil {
 		t.closeDevice()
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return nil, inUse
+			return nil, inUse()
 		}
 		return nil, fmt.Errorf("start wireguard on UDP port %d: %w", cfg.ListenPort, err)
 	}
@@ -135,7 +137,7 @@ func newTunnel(cfg Config, wrapBind func(conn.Bind) conn.Bind) (*Tunnel, error) 
 		// between our setting the port and rebinding, wireguard-go forgets
 		// the port and our Up binds a random one, with no error.
 		t.closeDevice()
-		return nil, inUse
+		return nil, inUse()
 	}
 	t.port = port
 	if cfg.UAPIPath != "" {
