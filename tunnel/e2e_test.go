@@ -1082,34 +1082,61 @@ func TestReplayedInitiationsAfterUnload(t *testing.T) {
 }
 
 // TestInitiationsWithheldUntilChecked sends every initiation of a laptop
-// to the gateway three times, twice more from another address (never a
-// known sender, so always withheld), through real wireguard-go on both
-// ends. wireguard-go gets each initiation once, from the checker, and
-// answers it once: before, it could take the original after the checker
-// had loaded the peer and then the checker's copy too, and two answers to
-// one initiation left the laptop and the gateway with different sessions
-// for 15 s. Once the relay's address is known, a restarted laptop's
-// initiation goes to wireguard-go at once.
+// to the gateway three times, twice more from another address, through
+// real wireguard-go on both ends. wireguard-go gets each initiation once,
+// from the checker, and answers it once: before, it could take the
+// original after the checker had loaded the peer and then the checker's
+// copy too, and two answers to one initiation left the laptop and the
+// gateway with different sessions for 15 s. The same holds for a
+// restarted laptop, whose peer is still loaded.
 func TestInitiationsWithheldUntilChecked(t *testing.T) {
 	checkGoroutines(t)
 	gw := newGateway(t, netstack.Config{}, "")
 	relay := newRecordingRelay(t, gw)
 	relay.copies.Store(2)
 	_, laptop := gw.addLaptop(t, 1, relay.down.LocalAddr().String())
+	answeredOnce := func(when string) {
+		t.Helper()
+		// Each answer names a session the receive gate records.
+		sent := len(relay.initiations())
+		if hb, answers := gw.tun.Loads().HandedBack, len(gw.tun.GateSessions()); hb != uint64(sent) || answers != sent {
+			t.Fatalf("%s: %d initiations sent three times each: %d handed back, %d answered; want %d and %d", when, sent, hb, answers, sent, sent)
+		}
+	}
 	a := laptop()
 	roundTrip(t, dialService(t, a, 80), "first connection")
 	a.Close()
-	sent := len(relay.initiations())
-	// Each answer names a session the receive gate records.
-	if hb, answers := gw.tun.Loads().HandedBack, len(gw.tun.GateSessions()); hb != uint64(sent) || answers != sent {
-		t.Fatalf("%d initiations sent three times each: %d handed back, %d answered; want %d and %d", sent, hb, answers, sent, sent)
-	}
+	answeredOnce("first connection")
 
 	time.Sleep(2 * device.HandshakeInitationRate) // see TestReplayedInitiationsAfterUnload
 	b := laptop()
 	roundTrip(t, dialService(t, b, 80), "after a restart")
-	if hb := gw.tun.Loads().HandedBack; hb != uint64(sent) {
-		t.Fatalf("a known endpoint's initiation was withheld: %d handed back, want %d", hb, sent)
+	answeredOnce("after a restart")
+}
+
+// TestSecondLaptopAtSameAddress: a laptop whose initiation comes from the
+// address and port a loaded peer's came from (a NAT that gave the port to
+// another laptop) connects with its first initiation. When initiations
+// from a loaded peer's address went to wireguard-go at once, wireguard-go
+// dropped it (that peer was not loaded yet), and the laptop waited 5 s
+// to retry.
+func TestSecondLaptopAtSameAddress(t *testing.T) {
+	checkGoroutines(t)
+	gw := newGateway(t, netstack.Config{}, "")
+	relay := newRecordingRelay(t, gw) // both laptops reach the gateway from its one socket
+	_, first := gw.addLaptop(t, 1, relay.down.LocalAddr().String())
+	_, second := gw.addLaptop(t, 2, relay.down.LocalAddr().String())
+	a := first()
+	roundTrip(t, dialService(t, a, 80), "first laptop")
+	a.Close() // its peer stays loaded at the gateway
+	before := len(relay.initiations())
+	b := second()
+	roundTrip(t, dialService(t, b, 80), "second laptop")
+	if n := len(relay.initiations()) - before; n != 1 {
+		t.Fatalf("the second laptop sent %d initiations before its connection went through, want 1", n)
+	}
+	if ls := gw.tun.Loads(); ls.Loaded != 2 {
+		t.Fatalf("Loads() = %+v, want both peers loaded", ls)
 	}
 }
 

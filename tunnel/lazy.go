@@ -34,21 +34,23 @@ import (
 //     timestamp. If that peer is configured but not loaded, the checker
 //     loads it. The receive path never waits on a Diffie-Hellman or on
 //     wireguard-go's configuration lock.
-//   - Which initiations wireguard-go gets at once: those from an endpoint
-//     a loaded peer's checked initiation came from (see senders), so a
-//     loaded peer's rekeying does not wait for the checker, and those the
-//     checker has no room for (see initiationChecks). Every other one is
-//     withheld, and the checker hands it back to the receive path, which
-//     gives it to wireguard-go as if it had just arrived, unless it is a
-//     replay (replay.go) or a copy of one already handed back. Handing
-//     back a copy while wireguard-go also had the original made one
-//     initiation arrive twice whenever wireguard-go took the original
-//     after the checker's load; two handshake workers then answered it
-//     together, and wireguard-go kept the session of one answer while the
-//     laptop took the other, so nothing passed until the laptop gave up on
-//     its session 15 s later (seen under load in tests). A duplicate the
-//     network delivers from a known sender still reaches wireguard-go
-//     twice, as it would without the tunnel.
+//   - Every initiation the checker has room for is withheld from
+//     wireguard-go, and the checker hands it back to the receive path,
+//     which gives it to wireguard-go as if it had just arrived, unless it
+//     is a replay (replay.go) or a copy of one already handed back. Only
+//     those the checker has no room for (see initiationChecks) go to
+//     wireguard-go at once, unchecked. Handing back a copy while
+//     wireguard-go also had the original made one initiation arrive twice
+//     whenever wireguard-go took the original after the checker's load;
+//     two handshake workers then answered it together, and wireguard-go
+//     kept the session of one answer while the laptop took the other, so
+//     nothing passed until the laptop gave up on its session 15 s later
+//     (seen under load in tests). An earlier version let initiations from
+//     the address of a loaded peer straight through, so that its rekeying
+//     skipped the checker (well under a millisecond); a second laptop
+//     behind the same NAT port then lost its first handshake, because
+//     wireguard-go dropped it (the peer was not loaded yet) and the
+//     checker, which loaded the peer, could not know that.
 //   - A packet the netstack sends to a peer that is not loaded (a reply on
 //     a connection that outlived the session) loads it with its last
 //     endpoint, so wireguard-go can start a handshake when TCP retransmits.
@@ -87,9 +89,6 @@ const (
 type heldInitiation struct {
 	msg [device.MessageInitiationSize]byte
 	ep  conn.Endpoint
-	// withheld: wireguard-go did not get the original, so only the
-	// checker can hand it on.
-	withheld bool
 }
 
 // lazyPeer is one configured peer. key is fixed; allowed and saved are
@@ -112,12 +111,8 @@ type lazyPeer struct {
 	// that the checker opened (the peer's clock) and sealedAt ours when
 	// it did; floor is the peer's time at or before which initiations
 	// are refused as replays (replay.go); handedBack is the sealed time
-	// of the latest checked initiation wireguard-go was given, handed
-	// back or at once.
+	// of the latest initiation handed back to wireguard-go.
 	sealed, sealedAt, floor, handedBack time.Time
-	// from is the endpoint this peer's entry in senders has, guarded by
-	// senders.mu.
-	from netip.AddrPort
 }
 
 // peerTable is an immutable snapshot of the configured peers, swapped
@@ -270,35 +265,26 @@ func (t *Tunnel) checkLoop() {
 	}
 }
 
-// check decides what becomes of an initiation the receive path queued: it
-// reports whether to hand it back to wireguard-go. Only a withheld one is
-// handed back, and only if admit passes it and wireguard-go was given no
-// copy of it (or of a later one from the same peer) before; an initiation
-// from a sender that is not a configured peer (none, or one set by hand
-// through the UAPI socket) is left to wireguard-go. A configured peer's
-// endpoint becomes a known sender.
+// check decides what becomes of an initiation the receive path withheld:
+// it reports whether to hand it back to wireguard-go. admit must pass it,
+// and for a configured peer it must be later than the last one handed
+// back (a copy, or an older one, is not); an initiation from a sender
+// that is not a configured peer (none, or one set by hand through the
+// UAPI socket) is left to wireguard-go.
 func (t *Tunnel) check(h *heldInitiation) bool {
 	e, sealed, ok := t.admit(h.msg[:])
 	switch {
 	case !ok:
 		return false
 	case e == nil:
-		return h.withheld
+		return true
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !sealed.After(e.handedBack) {
-		return false // a copy: wireguard-go has it, or has a later one
+		return false
 	}
 	e.handedBack = sealed
-	if !h.withheld {
-		return false // wireguard-go has it; a copy from elsewhere is refused above
-	}
-	// Only now, so that a refused copy from elsewhere cannot take the
-	// peer's entry; and not for a peer removed or unloaded meanwhile.
-	if e.loaded.Load() && t.table.Load().byKey[e.key] == e {
-		t.senders.set(h.ep, e)
-	}
 	return true
 }
 
@@ -394,7 +380,6 @@ func (t *Tunnel) markUnloadedLocked(e *lazyPeer, live PeerStats) {
 	e.raiseFloorLocked(e.saved.LastHandshake, time.Now())
 	e.reachable.Store(e.saved.Endpoint.IsValid())
 	e.loaded.Store(false)
-	t.senders.forget(e)
 	t.unloads.Add(1)
 }
 
@@ -461,9 +446,6 @@ func (t *Tunnel) sweep(now time.Time) error {
 		if now.Sub(last) < unloadAfter {
 			continue
 		}
-		// Its initiations are withheld from now on: one sent straight to
-		// wireguard-go during the removal would be dropped unchecked.
-		t.senders.forget(e)
 		b = appendKeyLine(b, e.key)
 		b = append(b, "remove=true\n"...)
 		gone = append(gone, unload{e, s})
@@ -494,9 +476,9 @@ func mergeStats(saved, live PeerStats) PeerStats {
 	return saved
 }
 
-// lazyBind queues received initiations for the checker, withholds those
-// not from a known sender, and returns the ones the checker hands back
-// with the packets of a later read.
+// lazyBind withholds received initiations from wireguard-go and queues
+// them for the checker, as far as its queue and rate allow, and returns
+// the ones the checker hands back with the packets of a later read.
 type lazyBind struct {
 	conn.Bind
 	t *Tunnel
@@ -524,13 +506,11 @@ func (b lazyBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 				if !t.responder.wants(msg) || len(t.checks) == cap(t.checks) || !t.responder.limit.Allow() {
 					continue // no room or over the rate: wireguard-go alone has it
 				}
-				h := heldInitiation{ep: eps[j], withheld: !t.senders.loaded(eps[j])}
+				h := heldInitiation{ep: eps[j]}
 				copy(h.msg[:], msg)
 				select {
 				case t.checks <- h:
-					if h.withheld {
-						sizes[j] = 0 // wireguard-go skips it
-					}
+					sizes[j] = 0 // withheld: wireguard-go skips it
 				default: // the checker is behind: wireguard-go alone has it
 				}
 			}

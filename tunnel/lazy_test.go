@@ -202,67 +202,64 @@ func TestAdmitRefusesReplays(t *testing.T) {
 
 // TestCheckHandsBackOnce runs the checker's decisions (check) on a real
 // device: a withheld initiation is handed back to wireguard-go once, never
-// a copy of it or an older one; one wireguard-go already had is not; its
-// sender's endpoint becomes known. A peer loaded by an outbound packet
-// (no initiation yet) is held to its replay floor all the same.
+// a copy of it or an older one, whatever address they come from; one from
+// a sender that is not a configured peer is left to wireguard-go. A peer
+// loaded by an outbound packet (no initiation yet) is held to its replay
+// floor all the same.
 func TestCheckHandsBackOnce(t *testing.T) {
 	tn, gwKey, peer := lazyTunnel(t)
 	gw := gwKey.PublicKey()
 	e := tn.table.Load().byKey[peer.PublicKey()]
 	laptop := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("127.0.0.1:40000")}
 	replayer := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("127.0.0.1:40001")}
-	held := func(msg []byte, ep conn.Endpoint, withheld bool) *heldInitiation {
-		h := &heldInitiation{ep: ep, withheld: withheld}
+	held := func(msg []byte, ep conn.Endpoint) *heldInitiation {
+		h := &heldInitiation{ep: ep}
 		copy(h.msg[:], msg)
 		return h
 	}
 	sealed := time.Now().Add(-time.Minute)
 	first := initiationAt(t, gw, peer.PublicKey(), &peer, sealed)
-	if tn.senders.loaded(laptop) {
-		t.Fatal("an endpoint is known before any initiation")
+	if !tn.check(held(first, laptop)) {
+		t.Fatal("the first initiation was not handed back")
 	}
-	if !tn.check(held(first, laptop, true)) {
-		t.Fatal("the first initiation, withheld, was not handed back")
+	if !e.loaded.Load() {
+		t.Fatal("the first initiation did not load its peer")
 	}
-	if !tn.senders.loaded(laptop) || tn.senders.loaded(replayer) {
-		t.Fatal("the loaded peer's endpoint is not the only known one")
+	for _, ep := range []conn.Endpoint{replayer, laptop} {
+		if tn.check(held(first, ep)) {
+			t.Fatalf("a copy of a handed-back initiation, from %v, was handed back again", ep)
+		}
 	}
-	if tn.check(held(first, replayer, true)) {
-		t.Fatal("a copy of a handed-back initiation was handed back again")
-	}
-	if !tn.senders.loaded(laptop) || tn.senders.loaded(replayer) {
-		t.Fatal("a refused copy from elsewhere took the peer's known endpoint")
-	}
-	if tn.check(held(initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(-time.Second)), laptop, true)) {
+	if tn.check(held(initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(-time.Second)), laptop)) {
 		t.Fatal("an initiation older than one handed back was handed back")
 	}
 	second := initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(10*time.Second))
-	if tn.check(held(second, laptop, false)) {
-		t.Fatal("an initiation wireguard-go already had was handed back")
+	if !tn.check(held(second, replayer)) {
+		t.Fatal("the loaded peer's next initiation, from a new address, was not handed back")
 	}
 	stranger := newKey(t)
-	if !tn.check(held(initiation(t, gw, stranger.PublicKey(), &stranger), laptop, true)) {
-		t.Fatal("a withheld initiation from a peer not configured here (one set by hand?) was not left to wireguard-go")
+	if !tn.check(held(initiation(t, gw, stranger.PublicKey(), &stranger), laptop)) {
+		t.Fatal("an initiation from a peer not configured here (one set by hand?) was not left to wireguard-go")
 	}
 
 	if err := tn.sweep(time.Now().Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	if tn.senders.loaded(laptop) {
-		t.Fatal("the endpoint is still known after the unload")
+	if e.loaded.Load() {
+		t.Fatal("the sweep did not unload the idle peer")
 	}
 	if err := tn.load(e, time.Time{}); err != nil { // as an outbound packet loads it
 		t.Fatal(err)
 	}
 	for _, msg := range [][]byte{first, second} {
-		if tn.check(held(msg, replayer, true)) {
+		if tn.check(held(msg, replayer)) {
 			t.Fatal("a replay to a peer loaded by an outbound packet was handed back")
 		}
 	}
 	if ls := tn.Loads(); ls.Replays != 2 || ls.Loads != 2 {
 		t.Fatalf("Loads() = %+v, want two replays refused, two loads", ls)
 	}
-	if !tn.check(held(initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(20*time.Second)), laptop, true)) {
+	if !tn.check(held(initiationAt(t, gw, peer.PublicKey(), &peer, sealed.Add(20*time.Second)), laptop)) {
 		t.Fatal("the peer's next initiation was not handed back")
 	}
 }

@@ -27,14 +27,12 @@ import (
 // the unload (an idle unload comes unloadAfter after the last handshake),
 // is above. admit refuses an initiation at or below the floor.
 //
-// The floor holds for loaded peers too: a peer loaded by an outbound
-// packet (wake) or set by hand through the UAPI socket has no entry in
-// senders, so its initiations are withheld and checked until one is
-// handed back, and wireguard-go's own record starts from that one. What
-// it does not cover: for such a peer, a replay that reaches wireguard-go
-// unchecked before an initiation of that load has: one the checker had no
-// room for (initiationChecks), or one whose source address is spoofed as
-// a known sender's endpoint.
+// The floor holds for loaded peers too, such as one loaded by an outbound
+// packet (wake) or set by hand through the UAPI socket: every initiation
+// the checker has room for is checked before wireguard-go sees it. What
+// it does not cover: a replay the checker had no room for
+// (initiationChecks), which reaches wireguard-go unchecked; for a peer
+// whose load wireguard-go has no record from yet, that one is taken.
 const (
 	// replayMargin covers the error of the estimate: the admitting
 	// initiation's time in the checker's queue (at most checkQueue over

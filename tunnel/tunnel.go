@@ -75,7 +75,6 @@ type Tunnel struct {
 	loads     atomic.Uint64
 	unloads   atomic.Uint64
 	replays   atomic.Uint64 // initiations refused by a replay floor
-	senders   senders       // endpoints whose initiations wireguard-go gets at once
 	// handedBack counts withheld initiations handed back to wireguard-go.
 	handedBack atomic.Uint64
 	closing    chan struct{} // closed by Close, before the device
@@ -224,7 +223,6 @@ func (t *Tunnel) SetPeers(ps []Peer) error {
 		if _, ok := next.byKey[k]; ok {
 			continue
 		}
-		t.senders.forget(e)
 		if e.loaded.Load() {
 			b = appendKeyLine(b, k)
 			b = append(b, "remove=true\n"...)
