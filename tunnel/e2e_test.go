@@ -836,36 +836,34 @@ func TestReceiveGate(t *testing.T) {
 		t.Fatalf("2,000 forged datagrams moved the gate: %+v", gs)
 	}
 
-	// A burst into a held netstack. Were this goroutine stalled for two of
-	// the gate's windows after the release, the wait would end by writing
-	// off instead: then try again, at most 3 times.
+	// A burst into a held netstack. With the gate's 2 ms windows, this
+	// goroutine off the CPU for two of them (a loaded machine) let the
+	// wait end by writing the session off, unseen, and twice ungated it;
+	// here the windows are long enough for the wait to be seen and end
+	// drained. TestReceiveGateForgedAtLiveIndex covers the write-offs.
+	gw.tun.SetReceiveGateStall(time.Minute)
 	udp, err := c.DialContext(ctxTimeout(t, 5*time.Second), "udp", netip.AddrPortFrom(service, 7).String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer udp.Close()
 	payload := make([]byte, 1200)
-	var gs tunnel.GateStats
-	for range 3 {
-		held.setHold(true)
-		for range 600 {
-			udp.Write(payload) // the port is closed: some writes fail on the ICMP errors
-		}
-		engaged := waitFor(gw.tun.GateWaiting)
-		held.setHold(false)
-		if !engaged {
-			t.Fatalf("600 datagrams into a held netstack never made the gate wait (count %d)", gw.tun.GateCount())
-		}
-		if !waitFor(func() bool { return gw.tun.GateCount() == 0 }) {
-			t.Fatalf("the gate still counts %d datagrams after the release", gw.tun.GateCount())
-		}
-		if gs = gw.tun.ReceiveGate(); gs.Drained > 0 {
-			break
-		}
+	held.setHold(true)
+	for range 600 {
+		udp.Write(payload) // the port is closed: some writes fail on the ICMP errors
 	}
-	t.Logf("receive gate after the bursts: %+v", gs)
-	if gs.Drained == 0 {
-		t.Fatalf("the gate never let the receive loop go on a drain: %+v", gs)
+	engaged := waitFor(gw.tun.GateWaiting)
+	held.setHold(false)
+	if !engaged {
+		t.Fatalf("600 datagrams into a held netstack never made the gate wait (count %d)", gw.tun.GateCount())
+	}
+	if !waitFor(func() bool { return gw.tun.GateCount() == 0 }) {
+		t.Fatalf("the gate still counts %d datagrams after the release", gw.tun.GateCount())
+	}
+	// The waiting loop counts its drain once it runs again.
+	waitFor(func() bool { return !gw.tun.GateWaiting() })
+	if gs := gw.tun.ReceiveGate(); gs.Drained == 0 || gs.WrittenOff != 0 {
+		t.Fatalf("the gate after the burst: %+v, want its waits drained, none written off", gs)
 	}
 
 	conn := dialService(t, c, 9)

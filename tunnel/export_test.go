@@ -24,6 +24,11 @@ func (t *Tunnel) GateCount() int64 { return t.inflight.total.Load() }
 // GateWaiting reports whether a receive loop waits at the gate.
 func (t *Tunnel) GateWaiting() bool { return t.inflight.waiting.Load() > 0 }
 
+// SetReceiveGateStall sets the receive gate's stall window (inflightStall),
+// so a test that must see a wait end drained is not written off while it
+// is off the CPU.
+func (t *Tunnel) SetReceiveGateStall(d time.Duration) { t.inflight.stall.Store(int64(d)) }
+
 // GateSessions lists the session indices the receive gate knows.
 func (t *Tunnel) GateSessions() []uint32 {
 	t.inflight.mu.Lock()

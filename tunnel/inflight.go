@@ -66,6 +66,9 @@ type inflight struct {
 	wake    chan struct{} // one token; write sends it to a waiting loop
 
 	drained, writtenOff atomic.Uint64 // waits that ended each way
+	// stall is inflightStall; a test that must see a wait end drained
+	// makes it longer.
+	stall atomic.Int64
 
 	mu        sync.Mutex
 	cur, prev map[uint32]*session // two generations, see sessionRotation
@@ -74,7 +77,9 @@ type inflight struct {
 }
 
 func newInflight() *inflight {
-	return &inflight{wake: make(chan struct{}, 1), active: make(map[*session]struct{})}
+	g := &inflight{wake: make(chan struct{}, 1), active: make(map[*session]struct{})}
+	g.stall.Store(int64(inflightStall))
+	return g
 }
 
 // sessionsMax bounds each generation: 16,384 indices, more than 10,000
@@ -261,7 +266,8 @@ func (g *inflight) wait(timer *time.Timer, closing <-chan struct{}) {
 	}
 	g.waiting.Add(1)
 	defer g.waiting.Add(-1)
-	timer.Reset(inflightStall)
+	stall := time.Duration(g.stall.Load())
+	timer.Reset(stall)
 	defer timer.Stop()
 	// The write and receive-batch counters at the last two ticks (the
 	// wait's start before there were any): sessions are judged on the two
@@ -289,7 +295,7 @@ func (g *inflight) wait(timer *time.Timer, closing <-chan struct{}) {
 				return
 			}
 			older, newer = newer, mark{g.writes.Load(), g.batches.Load()}
-			timer.Reset(inflightStall)
+			timer.Reset(stall)
 		case <-closing:
 			return
 		}
