@@ -26,8 +26,13 @@ func (t *Tunnel) GateWaiting() bool { return t.inflight.waiting.Load() > 0 }
 
 // SetReceiveGateStall sets the receive gate's stall window (inflightStall),
 // so a test that must see a wait end drained is not written off while it
-// is off the CPU.
-func (t *Tunnel) SetReceiveGateStall(d time.Duration) { t.inflight.stall.Store(int64(d)) }
+// is off the CPU; 0 restores inflightStall.
+func (t *Tunnel) SetReceiveGateStall(d time.Duration) {
+	if d == 0 {
+		d = inflightStall
+	}
+	t.inflight.stall.Store(int64(d))
+}
 
 // GateSessions lists the session indices the receive gate knows.
 func (t *Tunnel) GateSessions() []uint32 {

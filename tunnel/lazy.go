@@ -27,13 +27,14 @@ import (
 // wireguard-go only the peers in use:
 //
 //   - A handshake initiation from a peer that is not loaded loads it. The
-//     receive path queues a copy of every initiation with a valid MAC1 for
-//     a checker goroutine, which does the first half of the responder's
-//     Noise IK work to learn the initiator's static key and proves the
-//     sender holds that key's private half by opening the sealed
-//     timestamp. If that peer is configured but not loaded, the checker
-//     loads it. The receive path never waits on a Diffie-Hellman or on
-//     wireguard-go's configuration lock.
+//     receive path queues every initiation with a valid MAC1, as far as
+//     room and rate allow (see below), for a checker goroutine, which does
+//     the first half of the responder's Noise IK work to learn the
+//     initiator's static key and proves the sender holds that key's
+//     private half by opening the sealed timestamp. If that peer is
+//     configured but not loaded, the checker loads it. The receive path
+//     never waits on a Diffie-Hellman or on wireguard-go's configuration
+//     lock.
 //   - Every initiation the checker has room for is withheld from
 //     wireguard-go, and the checker hands it back to the receive path,
 //     which gives it to wireguard-go as if it had just arrived, unless it
@@ -45,17 +46,25 @@ import (
 //     two handshake workers then answered it together, and wireguard-go
 //     kept the session of one answer while the laptop took the other, so
 //     nothing passed until the laptop gave up on its session 15 s later
-//     (seen under load in tests). An earlier version let initiations from
-//     the address of a loaded peer straight through, so that its rekeying
-//     skipped the checker (well under a millisecond); a second laptop
-//     behind the same NAT port then lost its first handshake, because
-//     wireguard-go dropped it (the peer was not loaded yet) and the
-//     checker, which loaded the peer, could not know that.
+//     (seen under load in tests). Still possible, as with stock WireGuard:
+//     two copies the network delivers of a hand-configured peer's
+//     initiation (the checker has no record of such a peer), or of one
+//     whose other copy found the checker full, reach wireguard-go both. A
+//     loaded peer's rekey waits for the checker (two X25519, and the
+//     tunnel's lock, which a sweep or SetPeers holds while it reconfigures
+//     the device); its current session carries traffic meanwhile. An
+//     earlier version let initiations from the address of a loaded peer
+//     straight through, so that its rekeying skipped the checker (well
+//     under a millisecond); a second laptop behind the same NAT port then
+//     lost its first handshake, because wireguard-go dropped it (the peer
+//     was not loaded yet) and the checker, which loaded the peer, could
+//     not know that.
 //   - A packet the netstack sends to a peer that is not loaded (a reply on
 //     a connection that outlived the session) loads it with its last
 //     endpoint, so wireguard-go can start a handshake when TCP retransmits.
-//   - A peer with no handshake for unloadAfter is unloaded; its counters and
-//     last handshake are kept in the table, so Stats stays monotonic.
+//   - A peer with no handshake (nor checked initiation) for unloadAfter is
+//     unloaded; its counters and last handshake are kept in the table, so
+//     Stats stays monotonic.
 //
 // Tailscale trims idle peers from its wireguard-go configuration for the
 // same reason.
@@ -418,8 +427,13 @@ func (t *Tunnel) sweepLoop() {
 	}
 }
 
-// sweep unloads every loaded peer whose last handshake (or load, if it
-// never completed one) is older than unloadAfter at now.
+// sweep unloads every loaded peer whose last handshake, load and latest
+// checked initiation are all older than unloadAfter at now. The
+// initiation counts because wireguard-go notes a handshake only when the
+// first data packet after it arrives: a peer swept between its
+// initiation's hand-back and that packet lost the session it had just
+// made, and its laptop stalled until it gave up on it. Only a newer
+// sealed time moves sealedAt, so replays cannot keep a peer loaded.
 func (t *Tunnel) sweep(now time.Time) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -440,8 +454,10 @@ func (t *Tunnel) sweep(now time.Time) error {
 			continue // not ours (set through the UAPI socket)
 		}
 		last := e.loadedAt
-		if s.LastHandshake.After(last) {
-			last = s.LastHandshake
+		for _, at := range []time.Time{s.LastHandshake, e.sealedAt} {
+			if at.After(last) {
+				last = at
+			}
 		}
 		if now.Sub(last) < unloadAfter {
 			continue

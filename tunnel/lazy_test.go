@@ -264,6 +264,52 @@ func TestCheckHandsBackOnce(t *testing.T) {
 	}
 }
 
+// TestSweepSparesCheckedInitiation: a peer whose initiation was just
+// handed back is not swept, however old its load and last handshake (the
+// handshake is noted only with the first data packet after it); a replay
+// of that initiation does not keep an idle peer loaded.
+func TestSweepSparesCheckedInitiation(t *testing.T) {
+	tn, gwKey, peer := lazyTunnel(t)
+	gw := gwKey.PublicKey()
+	e := tn.table.Load().byKey[peer.PublicKey()]
+	ep := &conn.StdNetEndpoint{AddrPort: netip.MustParseAddrPort("127.0.0.1:40000")}
+	check := func(msg []byte) bool {
+		h := &heldInitiation{ep: ep}
+		copy(h.msg[:], msg)
+		return tn.check(h)
+	}
+	age := func(d time.Duration) { // as if the load and checks were d ago
+		tn.mu.Lock()
+		defer tn.mu.Unlock()
+		e.loadedAt = e.loadedAt.Add(-d)
+		e.sealedAt = e.sealedAt.Add(-d)
+	}
+	if !check(initiationAt(t, gw, peer.PublicKey(), &peer, time.Now().Add(-time.Minute))) {
+		t.Fatal("the first initiation was not handed back")
+	}
+	age(10 * time.Minute)
+	fresh := initiation(t, gw, peer.PublicKey(), &peer)
+	if !check(fresh) {
+		t.Fatal("a newer initiation was not handed back")
+	}
+	if err := tn.sweep(time.Now().Add(unloadAfter - time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if !e.loaded.Load() {
+		t.Fatal("the sweep unloaded a peer whose initiation was handed back a moment ago")
+	}
+	age(10 * time.Minute)
+	if check(fresh) {
+		t.Fatal("a replay was handed back")
+	}
+	if err := tn.sweep(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if e.loaded.Load() {
+		t.Fatal("a replay kept an idle peer loaded")
+	}
+}
+
 // TestReplayFloor checks where an unload leaves a peer's floor, in the
 // peer's clock: replayMargin past its last handshake, never later than
 // replayGuard ago, never below the latest initiation checked, never lower
