@@ -15,7 +15,9 @@
 // trustworthy. A query from an address in no network is REFUSED.
 //
 // The server takes listeners made elsewhere (Serve, ServePacket): the gVisor
-// netstack's in production, 127.0.0.1 sockets in tests.
+// netstack's in production, 127.0.0.1 sockets in tests. UDP replies are
+// written by one long-lived goroutine (replyQueue), not on the goroutine
+// miekg/dns starts for each query.
 //
 // TTLs are short because state changes live (a machine starts or stops, an
 // address is allocated): 5s for .internal, 60s for .flycast, whose addresses

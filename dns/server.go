@@ -181,6 +181,7 @@ func addrIP(a net.Addr) (netip.Addr, bool) {
 // ServePacket answers queries on pc (UDP) until Close. It always returns a
 // non-nil error: ErrServerClosed after Close. pc is closed on return.
 func (s *Server) ServePacket(pc net.PacketConn) error {
+	pc = newReplyQueue(pc)
 	srv := &mdns.Server{
 		PacketConn:    pc,
 		Handler:       &handler{s: s, tcp: false},
