@@ -8,7 +8,9 @@ package realclient
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -175,9 +177,24 @@ func makeLaptop(t *testing.T, n int) (*laptop, string) {
 	l := &laptop{ns: fmt.Sprintf("dglaptop%d", id), iface: fmt.Sprintf("dgwg%d", id)}
 	host, peer := fmt.Sprintf("dgh%d", id), fmt.Sprintf("dgp%d", id)
 	hostIP, lapIP := fmt.Sprintf("10.213.%d.1", n), fmt.Sprintf("10.213.%d.2", n)
+	// Registered first, so it runs last: the laptop's wireguard-go must be
+	// gone once the test has cleaned up (it removes its UAPI socket as it
+	// exits).
+	t.Cleanup(func() {
+		sock := "/var/run/wireguard/" + l.iface + ".sock"
+		for range 50 {
+			if _, err := os.Stat(sock); errors.Is(err, fs.ErrNotExist) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Errorf("the laptop's wireguard-go (%s) still runs after the test's cleanup", l.iface)
+	})
 	run(t, "ip", "netns", "add", l.ns)
 	t.Cleanup(func() {
-		runErr("ip", "netns", "exec", l.ns, "wg-quick", "down", l.conf)
+		// Deleting the interface ends its wireguard-go too (wg-quick down
+		// in up's cleanup is the polite way; this catches a failed up).
+		runErr("ip", "-n", l.ns, "link", "del", l.iface)
 		runErr("ip", "netns", "del", l.ns)
 		runErr("ip", "link", "del", host)
 		os.RemoveAll("/etc/netns/" + l.ns)
@@ -218,6 +235,11 @@ func (l *laptop) up(t *testing.T, confText string) {
 	if err := os.WriteFile(l.conf, []byte(confText), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Registered after t.TempDir's own cleanup, so it runs before the
+	// config file is removed: wg-quick down needs it. Run after the
+	// removal, it failed, and each test left a wireguard-go process
+	// behind in a deleted namespace.
+	t.Cleanup(func() { runErr("ip", "netns", "exec", l.ns, "wg-quick", "down", l.conf) })
 	shimDir := filepath.Join(dir, "bin")
 	os.Mkdir(shimDir, 0o755)
 	if err := os.WriteFile(filepath.Join(shimDir, "resolvconf"), []byte(resolvconfShim), 0o755); err != nil {
