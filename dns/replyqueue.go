@@ -18,10 +18,10 @@ const replyQueueLen = 256
 // pass profile). The writer's stack grows once.
 type replyQueue struct {
 	net.PacketConn
-	q    chan reply
-	done chan struct{}
-	once sync.Once
-	wg   sync.WaitGroup
+	q      chan reply
+	done   chan struct{} // closed by Close: no more writes
+	exited chan struct{} // closed by the writer as it returns
+	once   sync.Once
 }
 
 type reply struct {
@@ -30,14 +30,13 @@ type reply struct {
 }
 
 func newReplyQueue(pc net.PacketConn) *replyQueue {
-	r := &replyQueue{PacketConn: pc, q: make(chan reply, replyQueueLen), done: make(chan struct{})}
-	r.wg.Add(1)
+	r := &replyQueue{PacketConn: pc, q: make(chan reply, replyQueueLen), done: make(chan struct{}), exited: make(chan struct{})}
 	go r.run()
 	return r
 }
 
 func (r *replyQueue) run() {
-	defer r.wg.Done()
+	defer close(r.exited)
 	for {
 		select {
 		case d := <-r.q:
@@ -80,18 +79,13 @@ func (r *replyQueue) WriteTo(b []byte, to net.Addr) (int, error) {
 // than once (miekg/dns closes its listener, and so does Server.Close).
 func (r *replyQueue) Close() error {
 	r.once.Do(func() { close(r.done) })
-	drained := make(chan struct{})
-	go func() {
-		r.wg.Wait()
-		close(drained)
-	}()
 	t := time.NewTimer(writeTimeout)
 	defer t.Stop()
 	select {
-	case <-drained:
+	case <-r.exited:
 	case <-t.C:
 	}
 	err := r.PacketConn.Close()
-	<-drained
+	<-r.exited
 	return err
 }
